@@ -1,0 +1,258 @@
+"""The only module that reaches into certbot and acme internals: hooks that carry mailboxes.
+
+Inside certbot a mailbox is a ``DNSName`` whose value contains ``@`` (no DNS name can). These
+hooks, installed when certbot imports one of our plugins, make such names travel end to end:
+
+H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot lowercases names)
+    and checks it is an address; H1/H2 register the ``email`` identifier and our challenge
+    types; H3 ``make_csr`` writes mailboxes as rfc822Name/SmtpUTF8Mailbox SANs; H4
+    ``get_identifiers_from_x509`` reads them back from CSRs and certificates (renewal,
+    ``certbot certificates``, duplicate detection); H5 ``NewOrder`` sends them as ``email``
+    identifiers. Every hook passes names without ``@`` through untouched. Installing never
+    raises: certbot imports us on every run, nginx renewals included. A hook that cannot be
+    installed is recorded, and our plugins refuse in ``prepare()`` (``require_support``).
+"""
+import dataclasses
+import importlib
+import inspect
+import ipaddress
+import logging
+from typing import Any, Callable, Optional, Sequence, Union
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_CERTBOT = ">= 5.3, < 6"
+_HOOK_MARK = "__certbot_email_hook__"
+
+
+@dataclasses.dataclass
+class CsrProfile:
+    """Extra CSR content a plugin asks for, applied by the ``make_csr`` hook.
+
+    ``mailbox_key_usage`` is an ``x509.KeyUsage`` factory taking the private key (S/MIME,
+    RFC 8823 §3.3); ``srv_names`` are ``(service, host)`` pairs added as RFC 4985 SRVNames
+    for hosts that are in the CSR.
+    """
+
+    mailbox_key_usage: Optional[Callable[[Any], Any]] = None
+    srv_names: Sequence[tuple[str, str]] = ()
+
+
+#: Set by the running plugin's ``prepare()``; one certbot run requests one kind of certificate.
+csr_profile = CsrProfile()
+
+_failures: dict[str, str] = {}
+_installed = False
+
+
+def _certbot_version() -> str:
+    try:
+        from certbot import __version__
+        return str(__version__)
+    except Exception:  # pylint: disable=broad-except
+        return "unknown"
+
+
+def _has_parameters(function: Callable[..., Any], names: Sequence[str]) -> bool:
+    try:
+        parameters = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return False
+    return parameters[:len(names)] == list(names)
+
+
+def _is_hook(function: Any) -> bool:
+    return getattr(function, _HOOK_MARK, False)
+
+
+def _mark(function: Callable[..., Any]) -> Callable[..., Any]:
+    setattr(function, _HOOK_MARK, True)
+    return function
+
+
+# ---- H0: keep the mailbox local part as typed -------------------------------------------
+
+def _wrap_enforce_domain_sanity(original: Callable[[Union[str, bytes]], str]
+                                ) -> Callable[[Union[str, bytes]], str]:
+    from certbot import errors
+
+    from certbot_email.protocol import identifiers
+
+    def enforce_domain_sanity(domain: Union[str, bytes]) -> str:
+        text = domain.decode("utf-8") if isinstance(domain, bytes) else domain
+        if not identifiers.is_mailbox(text):
+            return original(domain)
+        try:
+            return identifiers.normalize_mailbox(text.strip())
+        except identifiers.MailboxError as error:
+            raise errors.ConfigurationError(str(error)) from None
+    return _mark(enforce_domain_sanity)
+
+
+def _install_name_sanity() -> None:
+    util = importlib.import_module("certbot.util")
+    san = importlib.import_module("certbot._internal.san")
+    for module in (util, san):
+        original = getattr(module, "enforce_domain_sanity")
+        if _is_hook(original):
+            continue
+        if not _has_parameters(original, ["domain"]):
+            raise LookupError(f"{module.__name__}.enforce_domain_sanity changed its signature")
+        setattr(module, "enforce_domain_sanity", _wrap_enforce_domain_sanity(original))
+
+
+# ---- H1/H2: registrations ----------------------------------------------------------------
+
+def _install_registrations() -> None:
+    # Importing the protocol modules registers the identifier type and the challenge classes.
+    from certbot_email.protocol import challenges, identifiers  # noqa: F401
+
+
+# ---- H3: mailboxes (and SRVNames) into the CSR -------------------------------------------
+
+def _wrap_make_csr(original: Callable[..., bytes]) -> Callable[..., bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from certbot_email.protocol import csr, identifiers
+
+    def make_csr(private_key_pem: bytes, domains: Optional[Sequence[str]] = None,
+                 must_staple: bool = False,
+                 ipaddrs: Optional[Sequence[Union[ipaddress.IPv4Address,
+                                                  ipaddress.IPv6Address]]] = None) -> bytes:
+        names = list(domains or ())
+        mailboxes = [name for name in names if identifiers.is_mailbox(name)]
+        hosts = [name for name in names if not identifiers.is_mailbox(name)]
+        srv_names = [(service, host) for service, host in csr_profile.srv_names
+                     if host in hosts]
+        if not mailboxes and not srv_names:
+            return original(private_key_pem, domains, must_staple, ipaddrs)
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+        general_names: list[x509.GeneralName] = csr.mailbox_sans(mailboxes)
+        general_names += [x509.DNSName(host) for host in hosts]
+        general_names += [csr.srv_general_name(service, host) for service, host in srv_names]
+        general_names += [x509.IPAddress(ip) for ip in ipaddrs or ()]
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        builder = builder.add_extension(x509.SubjectAlternativeName(general_names),
+                                        critical=False)
+        if mailboxes and csr_profile.mailbox_key_usage is not None:
+            builder = builder.add_extension(csr_profile.mailbox_key_usage(key), critical=True)
+        if must_staple:
+            builder = builder.add_extension(
+                x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
+        return builder.sign(key, hashes.SHA256()).public_bytes(  # type: ignore[arg-type]
+            serialization.Encoding.PEM)
+    return _mark(make_csr)
+
+
+def _install_make_csr() -> None:
+    crypto_util = importlib.import_module("acme.crypto_util")
+    original = getattr(crypto_util, "make_csr")
+    if _is_hook(original):
+        return
+    if not _has_parameters(original, ["private_key_pem", "domains", "must_staple", "ipaddrs"]):
+        raise LookupError("acme.crypto_util.make_csr changed its signature")
+    setattr(crypto_util, "make_csr", _wrap_make_csr(original))
+
+
+# ---- H4: mailboxes read back from CSRs and certificates ----------------------------------
+
+def _wrap_get_identifiers(original: Callable[..., tuple[list[str], list[str]]]
+                          ) -> Callable[..., tuple[list[str], list[str]]]:
+    from cryptography import x509
+
+    from certbot_email.protocol import csr
+
+    def get_identifiers_from_x509(subject: x509.Name, exts: x509.Extensions
+                                  ) -> tuple[list[str], list[str]]:
+        dns_names, ip_addresses = original(subject, exts)
+        try:
+            san = exts.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return dns_names, ip_addresses
+        extra = [box for box in csr.mailboxes(san) if box not in dns_names]
+        return dns_names + extra, ip_addresses
+    return _mark(get_identifiers_from_x509)
+
+
+def _install_get_identifiers() -> None:
+    crypto_util = importlib.import_module("acme.crypto_util")
+    original = getattr(crypto_util, "get_identifiers_from_x509")
+    if _is_hook(original):
+        return
+    if not _has_parameters(original, ["subject", "exts"]):
+        raise LookupError("acme.crypto_util.get_identifiers_from_x509 changed its signature")
+    setattr(crypto_util, "get_identifiers_from_x509", _wrap_get_identifiers(original))
+
+
+# ---- H5: newOrder sends mailboxes as email identifiers -----------------------------------
+
+def _install_new_order() -> None:
+    messages = importlib.import_module("acme.messages")
+    client = importlib.import_module("acme.client")
+    if _is_hook(messages.NewOrder):
+        return
+    if "NewOrder" not in client.ClientV2.new_order.__code__.co_names:
+        raise LookupError("acme.client.ClientV2.new_order no longer builds messages.NewOrder")
+
+    from certbot_email.protocol import identifiers
+
+    def retype(identifier: Any) -> Any:
+        if identifier.typ == messages.IDENTIFIER_FQDN and identifiers.is_mailbox(
+                identifier.value):
+            return messages.Identifier(typ=identifiers.IDENTIFIER_EMAIL,
+                                       value=identifier.value)
+        return identifier
+
+    class NewOrder(messages.NewOrder):  # type: ignore[misc,valid-type]
+        """newOrder whose ``dns`` identifiers holding ``@`` are RFC 8823 ``email`` ones."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            if kwargs.get("identifiers"):
+                kwargs["identifiers"] = [retype(i) for i in kwargs["identifiers"]]
+            super().__init__(**kwargs)
+
+    setattr(NewOrder, _HOOK_MARK, True)
+    messages.NewOrder = NewOrder
+
+
+#: The hook table, in installation order.
+HOOKS: dict[str, Callable[[], None]] = {
+    "H0 enforce_domain_sanity": _install_name_sanity,
+    "H1/H2 registrations": _install_registrations,
+    "H3 make_csr": _install_make_csr,
+    "H4 get_identifiers_from_x509": _install_get_identifiers,
+    "H5 NewOrder": _install_new_order,
+}
+
+
+def install() -> None:
+    """Install every hook once; never raises, records what failed."""
+    global _installed  # pylint: disable=global-statement
+    if _installed:
+        return
+    _installed = True
+    for name, installer in HOOKS.items():
+        try:
+            installer()
+        except Exception as error:  # pylint: disable=broad-except
+            _failures[name] = f"{type(error).__name__}: {error}"
+            logger.debug("certbot-email could not install hook %s: %s", name, error)
+
+
+def require_support() -> None:
+    """Called from our plugins' ``prepare()``: refuse, naming the certbot version, if needed."""
+    reason = unsupported_reason()
+    if reason:
+        from certbot import errors
+        raise errors.NoInstallationError(reason)
+
+
+def unsupported_reason() -> Optional[str]:
+    """Why email names cannot work with this certbot, or ``None`` when every hook is in."""
+    if not _failures:
+        return None
+    details = "; ".join(f"{name}: {why}" for name, why in _failures.items())
+    return (f"certbot-email supports certbot {SUPPORTED_CERTBOT}, but this is certbot "
+            f"{_certbot_version()} and its internals differ ({details}). Other certbot "
+            f"plugins are unaffected; install a supported certbot to use this plugin.")

@@ -1,0 +1,1 @@
+"""Protocol layer: pure value types and functions, no sockets, files or certbot."""

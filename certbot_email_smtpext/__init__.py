@@ -1,0 +1,1 @@
+"""certbot-email mail-server plugins: Postfix and Dovecot installers, capability proofs."""

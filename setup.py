@@ -1,0 +1,36 @@
+"""certbot-email: ACME for email (RFC 8823 S/MIME, draft-ietf-acme-email-tls) in stock certbot."""
+from setuptools import find_packages, setup
+
+setup(
+    name="certbot-email",
+    version="0.1.0.dev0",
+    description="certbot plugins for S/MIME certificates (RFC 8823) and mail-server TLS",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["certbot_email", "certbot_email.*",
+                                    "certbot_email_dns", "certbot_email_dns.*",
+                                    "certbot_email_smtpext", "certbot_email_smtpext.*"]),
+    install_requires=[
+        "certbot>=5.3,<6",
+        "acme>=5.3,<6",
+        "josepy>=2.0",
+        "cryptography>=43",
+        "dnspython>=2.6",
+        "imapclient>=3.0",
+        "dkimpy>=1.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6"],
+        "lint": ["ruff", "mypy", "types-requests"],
+    },
+    entry_points={
+        "certbot.plugins": [
+            "email-reply = certbot_email.reply_plugin:Authenticator",
+        ],
+        "console_scripts": [
+            "certbot-email-testca = certbot_email.testing.cli:main",
+        ],
+    },
+)
