@@ -13,7 +13,6 @@ H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot low
     installed is recorded, and our plugins refuse in ``prepare()`` (``require_support``).
 """
 import dataclasses
-import importlib
 import inspect
 import ipaddress
 import logging
@@ -90,15 +89,15 @@ def _wrap_enforce_domain_sanity(original: Callable[[Union[str, bytes]], str]
 
 
 def _install_name_sanity() -> None:
-    util = importlib.import_module("certbot.util")
-    san = importlib.import_module("certbot._internal.san")
-    for module in (util, san):
-        original = getattr(module, "enforce_domain_sanity")
+    from certbot import util
+    from certbot._internal import san
+    for module in (util, san):  # san holds its own binding: ``from certbot.util import ...``
+        original = module.enforce_domain_sanity
         if _is_hook(original):
             continue
         if not _has_parameters(original, ["domain"]):
             raise LookupError(f"{module.__name__}.enforce_domain_sanity changed its signature")
-        setattr(module, "enforce_domain_sanity", _wrap_enforce_domain_sanity(original))
+        module.enforce_domain_sanity = _wrap_enforce_domain_sanity(original)  # type: ignore
 
 
 # ---- H1/H2: registrations ----------------------------------------------------------------
@@ -146,13 +145,13 @@ def _wrap_make_csr(original: Callable[..., bytes]) -> Callable[..., bytes]:
 
 
 def _install_make_csr() -> None:
-    crypto_util = importlib.import_module("acme.crypto_util")
-    original = getattr(crypto_util, "make_csr")
+    from acme import crypto_util
+    original = crypto_util.make_csr
     if _is_hook(original):
         return
     if not _has_parameters(original, ["private_key_pem", "domains", "must_staple", "ipaddrs"]):
         raise LookupError("acme.crypto_util.make_csr changed its signature")
-    setattr(crypto_util, "make_csr", _wrap_make_csr(original))
+    crypto_util.make_csr = _wrap_make_csr(original)
 
 
 # ---- H4: mailboxes read back from CSRs and certificates ----------------------------------
@@ -176,20 +175,19 @@ def _wrap_get_identifiers(original: Callable[..., tuple[list[str], list[str]]]
 
 
 def _install_get_identifiers() -> None:
-    crypto_util = importlib.import_module("acme.crypto_util")
-    original = getattr(crypto_util, "get_identifiers_from_x509")
+    from acme import crypto_util
+    original = crypto_util.get_identifiers_from_x509
     if _is_hook(original):
         return
     if not _has_parameters(original, ["subject", "exts"]):
         raise LookupError("acme.crypto_util.get_identifiers_from_x509 changed its signature")
-    setattr(crypto_util, "get_identifiers_from_x509", _wrap_get_identifiers(original))
+    crypto_util.get_identifiers_from_x509 = _wrap_get_identifiers(original)
 
 
 # ---- H5: newOrder sends mailboxes as email identifiers -----------------------------------
 
 def _install_new_order() -> None:
-    messages = importlib.import_module("acme.messages")
-    client = importlib.import_module("acme.client")
+    from acme import client, messages
     if _is_hook(messages.NewOrder):
         return
     if "NewOrder" not in client.ClientV2.new_order.__code__.co_names:
@@ -204,7 +202,7 @@ def _install_new_order() -> None:
                                        value=identifier.value)
         return identifier
 
-    class NewOrder(messages.NewOrder):  # type: ignore[misc,valid-type]
+    class NewOrder(messages.NewOrder):
         """newOrder whose ``dns`` identifiers holding ``@`` are RFC 8823 ``email`` ones."""
 
         def __init__(self, **kwargs: Any) -> None:
@@ -213,7 +211,7 @@ def _install_new_order() -> None:
             super().__init__(**kwargs)
 
     setattr(NewOrder, _HOOK_MARK, True)
-    messages.NewOrder = NewOrder
+    messages.NewOrder = NewOrder  # type: ignore[misc]
 
 
 #: The hook table, in installation order.

@@ -50,7 +50,14 @@ class _DigestValidation:
             self.key_authorization(account_key))  # type: ignore[attr-defined]
 
 
-class _ScopedResponse(challenges.KeyAuthorizationChallengeResponse):
+class _PayloadResponse(challenges.KeyAuthorizationChallengeResponse):
+    """A response whose wire form never has ``keyAuthorization`` (RFC 8555), so CAs parse it."""
+
+    key_authorization: Optional[str] = jose.field(  # type: ignore[assignment]
+        "keyAuthorization", omitempty=True)
+
+
+class _ScopedResponse(_PayloadResponse):
     """Response naming the service and port that was proven (draft -05 §3.1-3.2)."""
 
     service: Optional[str] = jose.field("service", omitempty=True)
@@ -71,7 +78,7 @@ class _ScopedChallenge(_DigestValidation, challenges.KeyAuthorizationChallenge):
 
 
 @challenges.ChallengeResponse.register
-class EmailReply00Response(challenges.KeyAuthorizationChallengeResponse):
+class EmailReply00Response(_PayloadResponse):
     """RFC 8823 response POST; serialises to ``{}`` (RFC 8555 erratum 5729)."""
 
     typ = "email-reply-00"
@@ -105,7 +112,7 @@ class EmailReply00(challenges.KeyAuthorizationChallenge):
 
     def response(self, account_key: jose.JWK) -> EmailReply00Response:
         """The POST body: RFC 8823 defines no fields, so nothing depends on token-part1."""
-        return EmailReply00Response(key_authorization="")
+        return EmailReply00Response()
 
 
 @challenges.ChallengeResponse.register

@@ -1,0 +1,169 @@
+"""The hooks that carry mailboxes through stock certbot, and that they leave DNS names alone."""
+import datetime
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from acme import crypto_util as acme_crypto_util
+from acme import messages
+from certbot import errors
+from certbot._internal import san
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from certbot_email import certbot_compat
+from certbot_email.protocol import csr
+from certbot_email.protocol.csr import MailboxKeyUsage
+from certbot_email.protocol.identifiers import IDENTIFIER_EMAIL
+
+certbot_compat.install()
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+
+
+def _original(name):
+    """The certbot/acme function our hook wraps (closure cell of the wrapper)."""
+    hook = getattr(acme_crypto_util, name)
+    assert getattr(hook, "__certbot_email_hook__", False)
+    return next(cell.cell_contents for cell in hook.__closure__
+                if callable(cell.cell_contents) and cell.cell_contents.__name__ == name)
+
+
+def _self_signed(general_names, subject=None):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject or x509.Name([])).issuer_name(
+        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "test issuer")]))
+        .public_key(KEY.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName(general_names), critical=False))
+    return builder.sign(KEY, hashes.SHA256())
+
+
+@pytest.fixture(autouse=True)
+def fresh_csr_profile(monkeypatch):
+    monkeypatch.setattr(certbot_compat, "csr_profile", certbot_compat.CsrProfile())
+
+
+def test_every_hook_installed_on_this_certbot():
+    assert certbot_compat.unsupported_reason() is None
+    certbot_compat.require_support()
+
+
+@pytest.mark.parametrize("domains, must_staple", [
+    (["mail.example.test"], False), (["mail.example.test", "*.example.test"], True)])
+def test_make_csr_is_byte_identical_for_dns_names(domains, must_staple):
+    assert acme_crypto_util.make_csr(KEY_PEM, domains, must_staple) == \
+        _original("make_csr")(KEY_PEM, domains, must_staple)
+
+
+def test_identifiers_from_dns_certificate_are_unchanged():
+    cert = _self_signed([x509.DNSName("mail.example.test"), x509.DNSName("example.test")],
+                        x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME,
+                                                      "mail.example.test")]))
+    assert acme_crypto_util.get_identifiers_from_x509(cert.subject, cert.extensions) == \
+        _original("get_identifiers_from_x509")(cert.subject, cert.extensions)
+
+
+def test_mailbox_csr_has_rfc822name_and_no_dns_name():
+    pem = acme_crypto_util.make_csr(KEY_PEM, ["alice@example.test"])
+    request = x509.load_pem_x509_csr(pem)
+    names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(names) == [x509.RFC822Name("alice@example.test")]
+    assert request.subject == x509.Name([])
+    assert request.is_signature_valid
+    with pytest.raises(x509.ExtensionNotFound):
+        request.extensions.get_extension_for_class(x509.KeyUsage)
+
+
+def test_non_ascii_local_part_becomes_smtputf8mailbox_and_reads_back():
+    pem = acme_crypto_util.make_csr(KEY_PEM, ["jörg@example.test"])
+    request = x509.load_pem_x509_csr(pem)
+    names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [n.type_id for n in names] == [csr.OID_SMTP_UTF8_MAILBOX]
+    assert acme_crypto_util.get_identifiers_from_x509(request.subject, request.extensions) == \
+        (["jörg@example.test"], [])
+
+
+def test_key_usage_of_the_profile_is_critical_in_mailbox_csrs(monkeypatch):
+    certbot_compat.csr_profile.mailbox_key_usage = \
+        lambda key: csr.mailbox_key_usage(MailboxKeyUsage.SIGN, key)
+    request = x509.load_pem_x509_csr(acme_crypto_util.make_csr(KEY_PEM, ["alice@example.test"]))
+    usage = request.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature and not usage.value.key_encipherment
+    dns_only = x509.load_pem_x509_csr(acme_crypto_util.make_csr(KEY_PEM, ["mail.example.test"]))
+    with pytest.raises(x509.ExtensionNotFound):
+        dns_only.extensions.get_extension_for_class(x509.KeyUsage)
+
+
+def test_srv_names_of_the_profile_join_hosts_in_the_csr():
+    certbot_compat.csr_profile.srv_names = [("imaps", "mail.example.test"),
+                                            ("smtp", "other.example.test")]
+    request = x509.load_pem_x509_csr(acme_crypto_util.make_csr(KEY_PEM, ["mail.example.test"]))
+    names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["mail.example.test"]
+    assert csr.srv_names(names) == ["_imaps.mail.example.test"]
+
+
+def test_new_order_retypes_only_names_with_at_sign():
+    order = messages.NewOrder(identifiers=[
+        messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="alice@example.test"),
+        messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="mail.example.test"),
+        messages.Identifier(typ=messages.IDENTIFIER_IP, value="127.0.0.1")], profile="")
+    assert order.to_partial_json()["identifiers"][0].to_json() == \
+        {"type": "email", "value": "alice@example.test"}
+    assert [i.typ for i in order.identifiers] == \
+        [IDENTIFIER_EMAIL, messages.IDENTIFIER_FQDN, messages.IDENTIFIER_IP]
+
+
+def test_cli_names_keep_the_mailbox_local_part_but_fold_host_names():
+    assert str(san.DNSName("Alice@Example.TEST")) == "Alice@example.test"
+    assert str(san.DNSName("Mail.Example.TEST.")) == "mail.example.test"
+    with pytest.raises(errors.ConfigurationError, match="wildcard"):
+        san.DNSName("*@example.test")
+    with pytest.raises(errors.ConfigurationError, match="Non-ASCII"):
+        san.DNSName("bücher.example")  # certbot's own rule still applies to host names
+
+
+def _run_isolated(code):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_missing_hook_target_is_recorded_and_plugin_refuses_naming_the_version():
+    out = _run_isolated("""
+        import acme.crypto_util
+        acme.crypto_util.make_csr = lambda private_key, sans: b""   # an unsupported signature
+        import certbot
+        from certbot import errors
+        from certbot_email import reply_plugin                     # must not raise
+        from certbot_email import certbot_compat
+        try:
+            certbot_compat.require_support()
+        except errors.NoInstallationError as error:
+            print("REFUSED", error)
+        print("OTHER HOOKS", sorted(certbot_compat._failures))
+        print("VERSION", certbot.__version__)
+    """)
+    version = out.split("VERSION ")[1].strip()
+    assert f"this is certbot {version}" in out
+    assert "REFUSED" in out and "make_csr changed its signature" in out
+    assert "OTHER HOOKS ['H3 make_csr']" in out
+
+
+def test_a_hook_that_raises_while_installing_does_not_break_the_import():
+    out = _run_isolated("""
+        from certbot_email import certbot_compat
+        def explode():
+            raise RuntimeError("boom")
+        certbot_compat.HOOKS["H4 get_identifiers_from_x509"] = explode
+        from certbot_email import reply_plugin
+        print(certbot_compat.unsupported_reason())
+    """)
+    assert "RuntimeError: boom" in out
