@@ -1,9 +1,10 @@
-"""Free loopback ports for one lab, reserved so that parallel labs on one machine never collide."""
+"""Free loopback ports for one lab, reserved so that labs running side by side do not collide."""
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import os
 import random
 import socket
 from pathlib import Path
@@ -42,7 +43,7 @@ class PortReservation:
     """Holds the per-port locks of one lab until release()."""
 
     def __init__(self) -> None:
-        self._locks: list[IO[bytes]] = []
+        self._locks: dict[Path, IO[bytes]] = {}
 
     def allocate(self, **fixed: int) -> Ports:
         """Pick a free port for every field of Ports not given in `fixed`."""
@@ -53,35 +54,35 @@ class PortReservation:
         chosen = dict(fixed)
         candidates = random.sample(PORT_RANGE, len(PORT_RANGE))
         for name in names:
-            if name in chosen:
-                continue
-            while True:
+            while name not in chosen:
                 if not candidates:
                     raise RuntimeError(f"no free port left in {PORT_RANGE}")
                 port = candidates.pop()
                 if port not in chosen.values() and self._reserve(port, udp=name == "dns"):
                     chosen[name] = port
-                    break
         return Ports(**chosen)
 
     def release(self) -> None:
         """Let other labs use the ports again."""
-        for lock in self._locks:
+        for path, lock in self._locks.items():
+            path.unlink(missing_ok=True)  # while still locked: see _reserve
             lock.close()
         self._locks.clear()
 
     def _reserve(self, port: int, *, udp: bool) -> bool:
         RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
-        lock = open(RESERVATIONS / str(port), "ab")  # noqa: SIM115 - kept open as the reservation
+        path = RESERVATIONS / str(port)
+        lock = open(path, "ab")  # noqa: SIM115 - stays open: the lock is the reservation
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a lab that released the port unlinked the file first: a lock on it means nothing
+            current = os.fstat(lock.fileno()).st_ino == path.stat().st_ino
+        except (BlockingIOError, FileNotFoundError):
+            current = False
+        if not current or not _bindable(port, udp=udp):
             lock.close()
             return False
-        if not _bindable(port, udp=udp):
-            lock.close()
-            return False
-        self._locks.append(lock)
+        self._locks[path] = lock
         return True
 
 
