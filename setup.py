@@ -28,6 +28,10 @@ setup(
     entry_points={
         "certbot.plugins": [
             "email-reply = certbot_email.reply_plugin:Authenticator",
+            "email-dns = certbot_email_dns.plugin:Authenticator",
+            "postfix = certbot_email_smtpext.installer:PostfixInstaller",
+            "dovecot = certbot_email_smtpext.installer:DovecotInstaller",
+            "mailserver = certbot_email_smtpext.installer:MailServerInstaller",
         ],
         "console_scripts": [
             "certbot-email-testca = certbot_email.testing.cli:main",

@@ -1,0 +1,254 @@
+"""Dovecot: one drop-in file with the certificate settings, doveconf -x, reload, TLS listeners.
+
+The parsing and deciding functions at the top are pure (they take doveconf's output); the
+`Dovecot` class below runs doveconf, doveadm and dovecot for one dovecot.conf.
+"""
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+
+from certbot import errors
+
+from certbot_email_smtpext.checks import KeyAndChain
+from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
+#: The file we own, next to dovecot.conf; the admin's dovecot.conf only gains one include of it.
+DROPIN_NAME = "certbot-email.conf"
+#: Dovecot 2.4 renamed ssl_cert/ssl_key and dropped the `<` that 2.3 needs to read a file.
+RENAMED_SINCE = (2, 4)
+#: Login services that speak a protocol with STARTTLS, for listeners without ssl = yes.
+_STARTTLS_BY_SERVICE = {"imap-login": TlsStart.IMAP, "pop3-login": TlsStart.POP3,
+                        "submission-login": TlsStart.SMTP}
+_SSL_ON = "ssl = yes"
+_SETTING_LINE = re.compile(r"^\s*(\S+) =(.*)$")
+_BLOCK_START = re.compile(r"^\s*(\S+)(?: (\S+))? \{$")
+
+
+@dataclasses.dataclass
+class ConfigBlock:
+    """A `kind name { ... }` section of doveconf output: its settings and nested blocks."""
+
+    kind: str
+    name: str
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)
+    blocks: list["ConfigBlock"] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingNames:
+    """The certificate setting names of one Dovecot version, and how they reference a file."""
+
+    cert: str
+    key: str
+    file_prefix: str
+
+
+def parse_version(version_output: str) -> tuple[int, ...]:
+    """`2.3.19.1 (9b53102964)` -> (2, 3, 19, 1)."""
+    match = re.match(r"(\d+(?:\.\d+)*)", version_output.strip())
+    if match is None:
+        raise errors.PluginError(f"cannot read the Dovecot version from {version_output!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def setting_names(version: tuple[int, ...]) -> SettingNames:
+    """ssl_cert = </path on 2.3, ssl_server_cert_file = /path on 2.4 and later."""
+    if version >= RENAMED_SINCE:
+        return SettingNames("ssl_server_cert_file", "ssl_server_key_file", "")
+    return SettingNames("ssl_cert", "ssl_key", "<")
+
+
+def parse_config(doveconf_output: str) -> ConfigBlock:
+    """doveconf output (one setting or block opening per line) as a tree of blocks."""
+    root = ConfigBlock("", "")
+    stack = [root]
+    for line in doveconf_output.splitlines():
+        if line.strip() == "}":
+            if len(stack) > 1:
+                stack.pop()
+            continue
+        block = _BLOCK_START.match(line)
+        if block:
+            child = ConfigBlock(block.group(1), block.group(2) or "")
+            stack[-1].blocks.append(child)
+            stack.append(child)
+            continue
+        setting = _SETTING_LINE.match(line)
+        if setting:
+            stack[-1].settings[setting.group(1)] = setting.group(2).strip()
+    return root
+
+
+def dropin_text(names: SettingNames, key_path: str, fullchain_path: str, enable_ssl: bool) -> str:
+    """The drop-in file: the certificate and key, and ssl = yes if TLS was off."""
+    for path in (key_path, fullchain_path):
+        if "\n" in path or path != path.strip():
+            raise errors.PluginError(f"Dovecot cannot read a file named {path!r}: rename the "
+                                     "certbot config directory")
+    lines = ["# Written by certbot-email (certbot installer); certbot rollback removes it.",
+             f"{names.cert} = {names.file_prefix}{fullchain_path}",
+             f"{names.key} = {names.file_prefix}{key_path}"]
+    if enable_ssl:
+        lines.append(_SSL_ON)
+    return "\n".join(lines) + "\n"
+
+
+def turns_ssl_on(ssl_setting: str, current_dropin: str | None) -> bool:
+    """Whether our drop-in sets ssl = yes: TLS was off, or our drop-in is what turned it on."""
+    return ssl_setting == "no" or (current_dropin is not None
+                                   and _SSL_ON in current_dropin.splitlines())
+
+
+def includes(config_text: str, dropin_path: str) -> bool:
+    """Whether dovecot.conf has an !include (or !include_try) line naming our drop-in."""
+    names = {dropin_path, os.path.basename(dropin_path)}
+    return any(match.group(2) in names for match in
+               re.finditer(r"^\s*!include(_try)?\s+(\S+)\s*$", config_text, re.MULTILINE))
+
+
+def credentials(settings: Mapping[str, str], names: SettingNames) -> tuple[KeyAndChain, ...]:
+    """The global key and chain files; none when the certificate is inline PEM or unset."""
+    cert, key = settings.get(names.cert, ""), settings.get(names.key, "")
+    prefix = names.file_prefix
+    if not all(value and value.startswith(prefix) for value in (cert, key)):
+        return ()
+    return (KeyAndChain(key[len(prefix):], cert[len(prefix):]),)
+
+
+def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain]) -> list[TlsListener]:
+    """inet listeners of enabled protocols with ssl = yes (implicit) or a STARTTLS-capable login."""
+    settings = config.settings
+    if settings.get("ssl", "yes") == "no":
+        return []
+    protocols = settings.get("protocols", "").split()
+    default_host = re.split(r"[\s,]+", settings.get("listen", "*").strip())[0]
+    listeners = []
+    for service in config.blocks:
+        protocol = service.settings.get("protocol", "")
+        if service.kind != "service" or (protocol and protocol not in protocols):
+            continue
+        for listener in service.blocks:
+            port = listener.settings.get("port", "0")
+            if listener.kind != "inet_listener" or not port.isdigit() or int(port) == 0:
+                continue
+            if listener.settings.get("ssl") == "yes":
+                start = TlsStart.IMPLICIT
+            elif service.name in _STARTTLS_BY_SERVICE:
+                start = _STARTTLS_BY_SERVICE[service.name]
+            else:
+                continue
+            address = re.split(r"[\s,]+", listener.settings.get("address", "").strip())[0]
+            listeners.append(TlsListener("dovecot", f"{service.name}/{listener.name}",
+                                         connect_address(address or default_host), int(port),
+                                         start, tuple(pairs)))
+    return listeners
+
+
+class Dovecot:
+    """One Dovecot instance, named by its dovecot.conf (doveconf -c, doveadm -c, dovecot -c)."""
+
+    name = "dovecot"
+    executables: tuple[str, ...] = ("doveconf", "doveadm", "dovecot")
+
+    def __init__(self, config_file: str) -> None:
+        self.config_file = config_file
+        self.config_dir = os.path.dirname(os.path.abspath(config_file))
+        self.dropin = os.path.join(self.config_dir, DROPIN_NAME)
+
+    def _run(self, argv: list[str]) -> str:
+        """Run a Dovecot tool; a failure becomes a PluginError that shows its output."""
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              check=False)
+        if done.returncode != 0:
+            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
+                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+    def _doveconf(self, *arguments: str) -> str:
+        """doveconf for our dovecot.conf."""
+        return self._run(["doveconf", "-c", self.config_file, *arguments])
+
+    def setting_names(self) -> SettingNames:
+        """The certificate setting names of the installed Dovecot."""
+        return setting_names(parse_version(self._run(["dovecot", "--version"])))
+
+    def names(self) -> set[str]:
+        """The hostname setting, the name a certificate for this server should carry."""
+        hostname = self._doveconf("-h", "hostname").strip()
+        return {hostname} if hostname else set()
+
+    def deploy(self, key_path: str, fullchain_path: str,
+               before_edit: Callable[[str], None], created: Callable[[str], None]) -> list[str]:
+        """Write our drop-in and include it from dovecot.conf once; return what changed."""
+        names = self.setting_names()
+        current = _read_text(self.dropin)
+        ssl_setting = self._doveconf("-h", "ssl").strip()
+        text = dropin_text(names, key_path, fullchain_path, turns_ssl_on(ssl_setting, current))
+        changes = []
+        if current != text:
+            if current is None:
+                created(self.dropin)
+            else:
+                before_edit(self.dropin)
+            with open(self.dropin, "w", encoding="utf-8") as dropin:
+                dropin.write(text)
+            changes.append(f"{self.dropin}: {names.cert} and {names.key}")
+        config_text = _read_text(self.config_file) or ""
+        if not includes(config_text, self.dropin):
+            before_edit(self.config_file)
+            with open(self.config_file, "a", encoding="utf-8") as config:
+                config.write(("" if config_text.endswith("\n") else "\n")
+                             + f"!include_try {self.dropin}\n")
+            changes.append(f"{self.config_file}: !include_try {self.dropin}")
+        effective = self._doveconf("-h", names.cert).strip()
+        if effective != f"{names.file_prefix}{fullchain_path}":
+            raise errors.PluginError(
+                f"{self.config_file} still sets {names.cert} = {effective} after our drop-in "
+                f"{self.dropin}: a later setting overrides it; move the !include_try line to "
+                "the end")
+        return changes
+
+    def config_test(self) -> None:
+        """doveconf -x: unlike -n it opens every `<file`, so a missing certificate fails here."""
+        self._doveconf("-x")
+
+    def tls_listeners(self) -> list[TlsListener]:
+        """The listeners whose served certificate we verify after a reload."""
+        names = self.setting_names()
+        # plain doveconf hides the key setting ("# hidden, use -P"); -h shows a path, no secret
+        files = {name: self._doveconf("-h", name).strip() for name in (names.cert, names.key)}
+        return tls_listeners(parse_config(self._doveconf()), credentials(files, names))
+
+    def reload(self) -> None:
+        """doveadm reload when the master runs, dovecot (start) when it does not."""
+        base_dir = self._doveconf("-h", "base_dir").strip()
+        if _master_alive(os.path.join(base_dir, "master.pid")):
+            self._run(["doveadm", "-c", self.config_file, "reload"])
+        else:
+            self._run(["dovecot", "-c", self.config_file])
+
+
+def _read_text(path: str) -> str | None:
+    """A config file's text, or None when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as config:
+            return config.read()
+    except FileNotFoundError:
+        return None
+
+
+def _master_alive(pid_file: str) -> bool:
+    """Whether the pid file names a running process."""
+    try:
+        with open(pid_file, encoding="ascii") as pid_text:
+            pid = int(pid_text.read().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -1,0 +1,40 @@
+"""TLS listeners of a mail daemon, read from its config: where to connect, what it should serve."""
+import dataclasses
+import enum
+
+from certbot_email_smtpext.checks import KeyAndChain
+
+
+class TlsStart(enum.Enum):
+    """How a client starts TLS on a listener: at once, or with the protocol's STARTTLS command."""
+
+    IMPLICIT = "implicit TLS"
+    SMTP = "SMTP STARTTLS"
+    IMAP = "IMAP STARTTLS"
+    POP3 = "POP3 STLS"
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsListener:
+    """One TCP listener that offers TLS, and the key/chain pairs the daemon serves on it."""
+
+    daemon: str
+    service: str
+    host: str
+    port: int
+    start: TlsStart
+    credentials: tuple[KeyAndChain, ...]
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.daemon} {self.service} on {host}:{self.port} ({self.start.value})"
+
+
+def connect_address(listen_address: str) -> str:
+    """The loopback address to reach a listener bound to a wildcard, else the bound address."""
+    address = listen_address.strip().strip("[]")
+    if address in ("", "*", "0.0.0.0", "all", "loopback-only"):
+        return "127.0.0.1"
+    if address == "::":
+        return "::1"
+    return address

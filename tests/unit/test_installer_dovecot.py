@@ -1,0 +1,157 @@
+"""Dovecot: doveconf output parsing, version-specific settings, the drop-in, TLS listeners."""
+import pytest
+from certbot import errors
+
+from certbot_email_smtpext import dovecot
+from certbot_email_smtpext.checks import KeyAndChain
+from certbot_email_smtpext.listeners import TlsStart
+
+# trimmed `doveconf -c dovecot.conf` of Dovecot 2.3.19 (the shape matters: nested blocks)
+DOVECONF = """\
+listen = 127.0.0.1, ::1
+protocols = imap pop3 lmtp
+service imap-login {
+  chroot = login
+  inet_listener imap {
+    address =
+    haproxy = no
+    port = 143
+    ssl = no
+  }
+  inet_listener imaps {
+    address =
+    port = 993
+    ssl = yes
+  }
+  protocol = imap
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = 24
+    ssl = no
+  }
+  protocol = lmtp
+  unix_listener lmtp {
+    mode = 0666
+  }
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = ::
+    port = 110
+    ssl = no
+  }
+  inet_listener pop3s {
+    address =
+    port = 0
+    ssl = yes
+  }
+  protocol = pop3
+}
+service submission-login {
+  inet_listener submission {
+    address =
+    port = 587
+    ssl = no
+  }
+  protocol = submission
+}
+ssl = yes
+ssl_cert = </etc/dovecot/private/dovecot.pem
+"""
+PAIR = KeyAndChain("/etc/dovecot/private/dovecot.key", "/etc/dovecot/private/dovecot.pem")
+V23 = dovecot.setting_names((2, 3, 19, 1))
+V24 = dovecot.setting_names((2, 4, 1))
+
+
+def listeners(text: str = DOVECONF) -> dict[str, tuple[str, int, TlsStart]]:
+    return {listener.service: (listener.host, listener.port, listener.start)
+            for listener in dovecot.tls_listeners(dovecot.parse_config(text), (PAIR,))}
+
+
+def test_version_output_is_parsed():
+    assert dovecot.parse_version("2.3.19.1 (9b53102964)\n") == (2, 3, 19, 1)
+    with pytest.raises(errors.PluginError, match="Dovecot version from 'x'"):
+        dovecot.parse_version("x")
+
+
+def test_setting_names_follow_the_24_rename():
+    assert V23 == dovecot.SettingNames("ssl_cert", "ssl_key", "<")
+    assert V24 == dovecot.SettingNames("ssl_server_cert_file", "ssl_server_key_file", "")
+
+
+def test_nested_blocks_are_parsed():
+    config = dovecot.parse_config(DOVECONF)
+    assert config.settings["ssl_cert"] == "</etc/dovecot/private/dovecot.pem"
+    imap_login = config.blocks[0]
+    assert (imap_login.kind, imap_login.name, imap_login.settings["protocol"]) == \
+        ("service", "imap-login", "imap")
+    assert [block.name for block in imap_login.blocks] == ["imap", "imaps"]
+    assert imap_login.blocks[0].settings["address"] == ""
+
+
+def test_listeners_of_enabled_protocols_with_tls():
+    assert listeners() == {
+        "imap-login/imap": ("127.0.0.1", 143, TlsStart.IMAP),
+        "imap-login/imaps": ("127.0.0.1", 993, TlsStart.IMPLICIT),
+        "pop3-login/pop3": ("::1", 110, TlsStart.POP3),
+    }
+
+
+def test_no_listener_offers_tls_when_ssl_is_off():
+    assert listeners(DOVECONF.replace("ssl = yes\nssl_cert", "ssl = no\nssl_cert")) == {}
+
+
+def test_submission_login_speaks_smtp_when_enabled():
+    enabled = DOVECONF.replace("protocols = imap pop3 lmtp", "protocols = imap submission")
+    assert listeners(enabled)["submission-login/submission"] == ("127.0.0.1", 587, TlsStart.SMTP)
+
+
+@pytest.mark.parametrize("names, settings, expected", [
+    (V23, {"ssl_cert": "</c.pem", "ssl_key": "</k.pem"}, (KeyAndChain("/k.pem", "/c.pem"),)),
+    (V24, {"ssl_server_cert_file": "/c.pem", "ssl_server_key_file": "/k.pem"},
+     (KeyAndChain("/k.pem", "/c.pem"),)),
+    (V23, {"ssl_cert": "-----BEGIN CERTIFICATE-----", "ssl_key": "</k.pem"}, ()),
+    (V23, {"ssl_cert": "", "ssl_key": ""}, ()),
+])
+def test_credentials_are_files_only(names, settings, expected):
+    assert dovecot.credentials(settings, names) == expected
+
+
+def test_dropin_for_23_reads_files_with_a_less_than_sign():
+    assert dovecot.dropin_text(V23, "/l/privkey.pem", "/l/fullchain.pem", enable_ssl=False) == (
+        "# Written by certbot-email (certbot installer); certbot rollback removes it.\n"
+        "ssl_cert = </l/fullchain.pem\nssl_key = </l/privkey.pem\n")
+
+
+def test_dropin_for_24_uses_the_new_names_and_turns_ssl_on():
+    text = dovecot.dropin_text(V24, "/l/privkey.pem", "/l/fullchain.pem", enable_ssl=True)
+    assert text.splitlines()[1:] == ["ssl_server_cert_file = /l/fullchain.pem",
+                                     "ssl_server_key_file = /l/privkey.pem", "ssl = yes"]
+
+
+def test_dropin_refuses_a_path_dovecot_cannot_read():
+    with pytest.raises(errors.PluginError, match="cannot read a file named"):
+        dovecot.dropin_text(V23, "/l/priv\nkey.pem", "/l/fullchain.pem", enable_ssl=False)
+
+
+@pytest.mark.parametrize("text, found", [
+    ("!include_try /etc/dovecot/certbot-email.conf\n", True),
+    ("  !include certbot-email.conf  \n", True),
+    ("#!include_try /etc/dovecot/certbot-email.conf\n", False),
+    ("!include conf.d/*.conf\n", False),
+])
+def test_include_line_is_recognised(text, found):
+    assert dovecot.includes(text, "/etc/dovecot/certbot-email.conf") is found
+
+
+@pytest.mark.parametrize("ssl_setting, current_dropin, turned_on", [
+    ("no", None, True),
+    ("yes", None, False),
+    ("required", None, False),
+    ("yes", "ssl_cert = </old.pem\nssl_key = </old.key\nssl = yes\n", True),
+    ("yes", "ssl_cert = </old.pem\nssl_key = </old.key\n", False),
+])
+def test_ssl_stays_on_when_our_dropin_turned_it_on(ssl_setting, current_dropin, turned_on):
+    assert dovecot.turns_ssl_on(ssl_setting, current_dropin) is turned_on
