@@ -1,0 +1,75 @@
+"""Transport layer: talking to mail and DNS servers. No certbot imports here."""
+import dataclasses
+import enum
+import ssl
+import threading
+from typing import Optional, Union
+
+
+class TransportError(Exception):
+    """A server could not be reached or refused us; the message never holds a secret."""
+
+
+class TlsMode(enum.Enum):
+    """How a connection gets TLS; there is deliberately no plaintext mode (passwords travel)."""
+
+    #: TLS from the first byte (IMAPS 993, submissions 465; RFC 8314's preference).
+    IMPLICIT = "implicit"
+    #: Plaintext greeting, then STARTTLS before anything else (IMAP 143, submission 587).
+    STARTTLS = "starttls"
+
+
+def tls_context(ca_file: Optional[str] = None) -> ssl.SSLContext:
+    """A verifying TLS context: the system CAs, or only ``ca_file`` for a private CA."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+class MailProtocol(enum.Enum):
+    """How the challenge mail is fetched."""
+
+    IMAP = "imap"
+    POP3 = "pop3"
+
+
+@dataclasses.dataclass(frozen=True)
+class MailboxSettings:
+    """Where a mailbox is and how to log in; the password never shows in a repr."""
+
+    protocol: MailProtocol
+    host: str
+    port: int
+    tls: TlsMode
+    user: str
+    password: str = dataclasses.field(repr=False)
+    #: IMAP only: POP3 has just the one maildrop.
+    folder: str = "INBOX"
+    ca_file: Optional[str] = None
+    timeout: float = 30.0
+
+    def describe(self) -> str:
+        """``user@host:port/folder`` for messages, without the password."""
+        where = f"{self.user}@{self.host}:{self.port}"
+        return f"{where}/{self.folder}" if self.protocol is MailProtocol.IMAP else where
+
+
+@dataclasses.dataclass(frozen=True)
+class IncomingMail:
+    """One mail as stored, with its IMAP UID or POP3 UIDL for ``mark_answered``."""
+
+    uid: Union[int, str]
+    raw: bytes
+
+
+class Interruptible:
+    """Sleeps that ``interrupt()`` cuts short, so that stopping a mailbox watcher is prompt."""
+
+    def __init__(self) -> None:
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        """End the current and every later wait early (the watcher is being stopped)."""
+        self._interrupted.set()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, unless interrupted."""
+        self._interrupted.wait(seconds)

@@ -1,0 +1,37 @@
+"""One interface over IMAP and POP3 mailbox watchers, and the choice between them."""
+import datetime
+from typing import Protocol
+
+from certbot_email.transport import IncomingMail, MailboxSettings, MailProtocol
+
+
+class Watcher(Protocol):
+    """What the responder needs from a mailbox: each new mail once, and a way to stop."""
+
+    settings: MailboxSettings
+    uses_idle: bool
+
+    def connect(self) -> None:
+        """Log in now, so that bad credentials fail the run at once."""
+
+    def next_mails(self, wait_seconds: float) -> list[IncomingMail]:
+        """New mails, waiting up to ``wait_seconds`` when there are none."""
+
+    def mark_answered(self, mail: IncomingMail) -> None:
+        """Remember on the server, where it can, that ``mail`` was answered."""
+
+    def interrupt(self) -> None:
+        """Cut the current wait short."""
+
+    def close(self) -> None:
+        """Log out; never raises."""
+
+
+def open_watcher(settings: MailboxSettings, since: datetime.datetime, max_bytes: int,
+                 poll_seconds: float) -> Watcher:
+    """An IMAP or POP3 watcher, as ``settings.protocol`` says; imports only the one needed."""
+    if settings.protocol is MailProtocol.POP3:
+        from certbot_email.transport.pop3 import Pop3Watcher
+        return Pop3Watcher(settings, since, max_bytes, poll_seconds)
+    from certbot_email.transport.imap import ImapWatcher
+    return ImapWatcher(settings, since, max_bytes, poll_seconds)
