@@ -7,33 +7,25 @@ with the right digest. A forged challenge injected unsigned on the port-25 liste
 no reply.
 """
 import argparse
-import base64
-import contextlib
 import datetime
 import email
 import email.policy
 import logging
 import os
-import re
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Iterator
 from unittest import mock
 
 import dkim
-import dns.query
-import dns.update
 import josepy as jose
 import pytest
 from acme import messages
 from certbot import achallenges, configuration, errors
 from certbot.display import util as display_util
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certbot_email import certbot_compat
 from certbot_email.protocol import identifiers
@@ -45,6 +37,7 @@ from certbot_email.transport import dkim_dns
 from certbot_email.transport.responder import Responder
 from tests.lab.lab import Lab
 from tests.lab.ports import HOST
+from tests.lab.testca import mailbox_credentials, running_test_ca
 from tests.unit.test_reply_plugin import option_defaults
 
 pytestmark = pytest.mark.integration
@@ -55,30 +48,6 @@ CA = "ca@example.test"
 SAFETY_TIMEOUT = 60
 #: The session's lab is shared: mails older than this, from other tests, are not ours to answer.
 LOOKBACK = datetime.timedelta(seconds=10)
-
-
-def write_credentials(lab: Lab, path: Path, transport: str = "imaps+submission",
-                      ca_file: bool = True) -> Path:
-    """Alice's mailbox; ``transport`` picks the TLS modes, ``ca_file`` the lab's private CA."""
-    alice = lab.user("alice")
-    protocol = "pop3" if transport.startswith("pop3") else "imap"
-    keys = {"mailbox_protocol": protocol, f"{protocol}_host": HOST,
-            f"{protocol}_user": alice.address, f"{protocol}_password": alice.password}
-    keys.update({
-        "imaps+submission": {"imap_port": str(lab.ports.imaps),
-                             "smtp_port": str(lab.ports.submission), "smtp_tls": "starttls"},
-        "imap-starttls+submissions": {"imap_port": str(lab.ports.imap), "imap_tls": "starttls",
-                                      "smtp_port": str(lab.ports.submissions)},
-        "pop3s+submission": {"pop3_port": str(lab.ports.pop3s),
-                             "smtp_port": str(lab.ports.submission), "smtp_tls": "starttls"},
-        "pop3-stls+submissions": {"pop3_port": str(lab.ports.pop3), "pop3_tls": "starttls",
-                                  "smtp_port": str(lab.ports.submissions)},
-    }[transport])
-    if ca_file:
-        keys["ca_file"] = str(lab.ca_file)
-    path.write_text("".join(f"{key} = {value}\n" for key, value in keys.items()))
-    path.chmod(0o600)
-    return path
 
 
 def new_token() -> str:
@@ -104,7 +73,8 @@ def start(lab: Lab, tmp_path: Path, work_dir: Path, token2: str, account_key: jo
     is what keeps POP3 (no flags) from answering them again.
     """
     settings = FlowSettings(
-        credentials=str(write_credentials(lab, tmp_path / "email-reply.ini", transport, ca_file)),
+        credentials=str(mailbox_credentials(lab, "alice", tmp_path / "email-reply.ini",
+                                            transport, ca_file)),
         token_joining="string", allow_unsigned=False, allow_no_auto_submitted=False,
         dkim_dns_server=f"{HOST}:{lab.dns.port}", smime_ca_file=None,
         timeout_seconds=SAFETY_TIMEOUT,
@@ -196,7 +166,8 @@ def test_plugin_perform_answers_a_mail_that_came_before_it(
     lab.submit_mail("ca", challenge(lab, token1))
     lab.wait_for_mail("alice", f"ACME: {token1}")
     options = {dest: default for dest, default in option_defaults().items()}
-    options.update(email_reply_credentials=str(write_credentials(lab, tmp_path / "c.ini")),
+    credentials = mailbox_credentials(lab, "alice", tmp_path / "c.ini")
+    options.update(email_reply_credentials=str(credentials),
                    email_reply_dkim_dns_server=f"{HOST}:{lab.dns.port}",
                    email_reply_lookback_seconds=int(LOOKBACK.total_seconds()),
                    allow_subset_of_names=False, noninteractive_mode=True,
@@ -220,70 +191,23 @@ def test_plugin_perform_answers_a_mail_that_came_before_it(
 # ---- the certbot CLI against the project's test CA ----------------------------------------
 
 CERTBOT = str(Path(sys.executable).with_name("certbot"))
-TESTCA = str(Path(sys.executable).with_name("certbot-email-testca"))
-TESTCA_SELECTOR = "testca"
-
-
-def publish_dkim_key(lab: Lab, selector: str, directory: Path) -> Path:
-    """A DKIM key for the test CA, its public half published in the lab zone by TSIG update."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = base64.b64encode(key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
-    value = f"v=DKIM1; k=rsa; p={public}"
-    update = dns.update.UpdateMessage(lab.domain, keyring=lab.dns.keyring())
-    update.replace(f"{selector}._domainkey", 300, "TXT",
-                   " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250)))
-    assert dns.query.tcp(update, HOST, port=lab.dns.port, timeout=10).rcode() == 0
-    path = directory / "dkim.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    return path
-
-
-@contextlib.contextmanager
-def running_test_ca(lab: Lab, state: Path, *options: str) -> Iterator[str]:
-    """The test CA mailing challenges as ca@example.test and reading replies as ca; yields the
-    directory URL."""
-    password = state / "ca-imap-password"
-    state.mkdir(parents=True)
-    password.write_text(lab.user("ca").password)
-    log = state / "testca.log"
-    with open(log, "w", encoding="utf-8") as out:
-        process = subprocess.Popen(
-            [TESTCA, "--state-dir", str(state / "ca"), "--port", "0",
-             "--dns-server", HOST, "--dns-port", str(lab.dns.port), "--mail-from", CA,
-             "--smtp-port", str(lab.ports.smtp),
-             "--dkim-key", str(publish_dkim_key(lab, TESTCA_SELECTOR, state)),
-             "--dkim-selector", TESTCA_SELECTOR, "--imap-port", str(lab.ports.imap),
-             "--imap-user", CA, "--imap-password-file", str(password), *options],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + SAFETY_TIMEOUT
-        while not (found := re.search(r"^directory: (\S+)$", log.read_text(), re.MULTILINE)):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield found.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=SAFETY_TIMEOUT)
 
 
 @pytest.mark.parametrize("ca_options", [(), ("--send-on-post",), ("--smime-challenge",)],
                          ids=["mail-before-post", "mail-after-post", "smime-signed-mail"])
 def test_certbot_certonly_and_renew_against_the_test_ca(
         lab: Lab, tmp_path: Path, work_dir: Path, ca_options: tuple[str, ...]) -> None:
-    ca_root = tmp_path / "testca" / "ca" / "root.pem"
-    smime = ["--email-reply-smime-ca-file", str(ca_root)] if "--smime-challenge" in ca_options \
-        else []
-    with running_test_ca(lab, tmp_path / "testca", *ca_options) as directory:
-        credentials = write_credentials(lab, tmp_path / "email-reply.ini")
+    with running_test_ca(lab, tmp_path / "testca", *ca_options) as test_ca:
+        ca_root = test_ca.root
+        smime = ["--email-reply-smime-ca-file", str(ca_root)] \
+            if "--smime-challenge" in ca_options else []
+        credentials = mailbox_credentials(lab, "alice", tmp_path / "email-reply.ini")
         environment = {**os.environ, "REQUESTS_CA_BUNDLE": str(ca_root)}
         common = ["--non-interactive", "--config-dir", str(tmp_path / "config"),
                   "--work-dir", str(work_dir), "--logs-dir", str(tmp_path / "logs")]
         certonly = subprocess.run(
-            [CERTBOT, "certonly", "-a", "email-reply", "-d", ALICE, "--server", directory,
-             "--agree-tos", "--register-unsafely-without-email",
+            [CERTBOT, "certonly", "-a", "email-reply", "-d", ALICE,
+             "--server", test_ca.directory_url, "--agree-tos", "--register-unsafely-without-email",
              "--email-reply-credentials", str(credentials), "--email-reply-key-usage", "sign",
              "--email-reply-dkim-dns-server", f"{HOST}:{lab.dns.port}",
              "--email-reply-grace-seconds", "5",
