@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional
 import dkim
 import josepy as jose
 
-from certbot_email.protocol import identifiers, keyauth
+from certbot_email.protocol import identifiers, rfc8823
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +30,15 @@ MAX_MIME_DEPTH = 5
 #: token-part1 MUST carry at least 128 bits (RFC 8823 §3.1).
 MIN_TOKEN_PART1_BYTES = 16
 
-#: Headers RFC 8823 §3.1 item 6 requires in the DKIM-Signature ``h=`` of a challenge mail.
-REQUIRED_SIGNED_HEADERS = (
-    "from", "sender", "reply-to", "to", "cc", "subject", "date", "in-reply-to", "references",
-    "message-id", "auto-submitted", "content-type", "content-transfer-encoding",
-)
+#: What the client requires in the DKIM-Signature ``h=``: the RFC's whole list (§3.1 item 6).
+REQUIRED_SIGNED_HEADERS = rfc8823.CHALLENGE_SIGNED_HEADERS
 #: Headers that must not appear twice: a second copy is how a forger hides behind a signature.
 SINGLETON_HEADERS = (
     "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
     "references", "auto-submitted", "content-type", "content-transfer-encoding", "mime-version",
 )
-#: Charsets RFC 8823 §3.1 allows in an encoded Subject.
-ALLOWED_SUBJECT_CHARSETS = frozenset({"utf-8", "us-ascii"})
 
-_ENCODED_WORD = re.compile(r"=\?([^?*]*)(\*[^?]*)?\?([qQbB])\?", re.ASCII)
-_TOKEN_PART1 = re.compile(r"[A-Za-z0-9_-]+={0,2}", re.ASCII)
 _MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>", re.ASCII)
-SUBJECT_LABEL = "ACME:"
 
 #: Headers an S/MIME header-protected copy must repeat exactly: the ones the reply relies on.
 PROTECTED_HEADERS = ("from", "to", "cc", "reply-to", "subject", "message-id", "auto-submitted")
@@ -170,14 +162,6 @@ def _domain_of(address: str) -> str:
     return identifiers.normalize_mailbox(address).rpartition("@")[2]
 
 
-def _a_label(domain: str) -> str:
-    """A domain as lower-case A-labels, without a trailing dot; '' when it is not one."""
-    try:
-        return domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return ""
-
-
 def _parse(raw: bytes) -> email.message.EmailMessage:
     """Parse with the modern policy, which decodes encoded words and unfolds headers."""
     if len(raw) > MAX_MAIL_BYTES:
@@ -232,18 +216,19 @@ def _raw_header(message: email.message.EmailMessage, name: str) -> str:
 
 def token_part1_from_subject(message: email.message.EmailMessage) -> str:
     """token-part1 from ``ACME: <token-part1>``, after encoded words and folding are undone."""
-    for charset, _language, _encoding in _ENCODED_WORD.findall(_raw_header(message, "subject")):
-        if charset.lower() not in ALLOWED_SUBJECT_CHARSETS:
+    for charset in rfc8823.encoded_word_charsets(_raw_header(message, "subject")):
+        if charset.lower() not in rfc8823.ALLOWED_SUBJECT_CHARSETS:
             raise MailRejectedError(Rule.SUBJECT_CHARSET, repr(charset))
     subject = _header(message, "subject") or ""
     if any(ord(char) < 0x20 and char != "\t" or ord(char) == 0x7F for char in subject):
         raise MailRejectedError(Rule.SUBJECT_CONTROL, repr(subject[:80]))
     subject = subject.lstrip()
-    if not subject.startswith(SUBJECT_LABEL):
-        rule = Rule.SUBJECT_IS_REPLY if SUBJECT_LABEL in subject else Rule.SUBJECT_NOT_CHALLENGE
+    parts = rfc8823.split_subject(subject)
+    if parts is None or parts.prefix:
+        rule = Rule.SUBJECT_NOT_CHALLENGE if parts is None else Rule.SUBJECT_IS_REPLY
         raise MailRejectedError(rule, repr(subject[:80]))
-    token = keyauth.strip_whitespace(subject[len(SUBJECT_LABEL):])
-    if not _TOKEN_PART1.fullmatch(token):
+    token = parts.token_part1
+    if not rfc8823.BASE64URL.fullmatch(token):
         raise MailRejectedError(Rule.TOKEN_SYNTAX, repr(token[:80]))
     try:
         size = len(jose.b64decode(token.rstrip("=")))
@@ -428,47 +413,44 @@ class ChallengeMailJudge:
     def _check_dkim(self, raw: bytes, sender: str) -> None:
         """Some DKIM signature verifies, is aligned with From, covers the RFC's headers, no l=."""
         verifier = dkim.DKIM(raw, logger=logging.getLogger("dkim"))
-        signatures = [value for name, value in verifier.headers
-                      if name.lower() == b"dkim-signature"]
+        signatures = rfc8823.dkim_signatures(verifier.headers)
         if not signatures:
             raise MailRejectedError(Rule.DKIM_MISSING)
         from_domain = _domain_of(sender)
         failures: list[MailRejectedError] = []
-        for index in range(len(signatures)):
+        for index, signature in enumerate(signatures):
             try:
-                self._check_signature(verifier, index, from_domain)
+                self._check_signature(verifier, index, signature, from_domain)
                 return
             except MailRejectedError as failure:
                 failures.append(failure)
         raise max(failures, key=lambda failure: _DKIM_RULE_ORDER.index(failure.rule))
 
-    def _check_signature(self, verifier: dkim.DKIM, index: int, from_domain: str) -> None:
+    def _check_signature(self, verifier: dkim.DKIM, index: int, signature: bytes,
+                         from_domain: str) -> None:
         """One DKIM-Signature header against every rule; raises the first it breaks."""
         try:
-            fields = dkim.util.parse_tag_value(
-                [value for name, value in verifier.headers
-                 if name.lower() == b"dkim-signature"][index])
+            tags = rfc8823.DkimTags.from_fields(dkim.util.parse_tag_value(signature))
         except dkim.util.InvalidTagValueList as error:
             raise MailRejectedError(Rule.DKIM_INVALID, str(error)) from None
-        domain = fields.get(b"d", b"").decode("ascii", "replace")
-        if _a_label(domain) != from_domain:
-            raise MailRejectedError(Rule.DKIM_DOMAIN, f"d={domain}, From domain {from_domain}")
-        signed = {name.strip().lower() for name in
-                  fields.get(b"h", b"").decode("ascii", "replace").split(":")}
-        missing = [name for name in REQUIRED_SIGNED_HEADERS if name not in signed]
+        if not tags.aligned_with(from_domain):
+            raise MailRejectedError(Rule.DKIM_DOMAIN,
+                                    f"d={tags.domain}, From domain {from_domain}")
+        missing = tags.missing_headers(REQUIRED_SIGNED_HEADERS)
         if missing:
             raise MailRejectedError(Rule.DKIM_HEADERS, "missing " + ", ".join(missing))
-        if b"l" in fields:
-            raise MailRejectedError(Rule.DKIM_BODY_LENGTH, f"l={fields[b'l'].decode('ascii')}")
+        if tags.body_length is not None:
+            raise MailRejectedError(Rule.DKIM_BODY_LENGTH, f"l={tags.body_length}")
         try:
             if self._txt_lookup is None:
                 valid = verifier.verify(idx=index)
             else:
                 valid = verifier.verify(idx=index, dnsfunc=self._txt_lookup)
         except Exception as error:  # noqa: BLE001 - dkimpy and DNS lookups raise many types
-            raise MailRejectedError(Rule.DKIM_INVALID, f"d={domain}: {error}") from None
+            raise MailRejectedError(Rule.DKIM_INVALID, f"d={tags.domain}: {error}") from None
         if not valid:
-            raise MailRejectedError(Rule.DKIM_INVALID, f"d={domain}: signature does not verify")
+            raise MailRejectedError(Rule.DKIM_INVALID,
+                                    f"d={tags.domain}: signature does not verify")
 
 
 #: When several signatures fail, report the one that got furthest.

@@ -3,19 +3,15 @@ import datetime
 import email.message
 import email.policy
 import email.utils
-import re
 from typing import Optional
 
-from certbot_email.protocol.challenge_mail import SUBJECT_LABEL, ChallengeMail
-
-BEGIN_LINE = "-----BEGIN ACME RESPONSE-----"
-END_LINE = "-----END ACME RESPONSE-----"
-_DIGEST = re.compile(r"[A-Za-z0-9_-]+={0,2}", re.ASCII)
+from certbot_email.protocol.challenge_mail import ChallengeMail
+from certbot_email.protocol.rfc8823 import BASE64URL, BEGIN_LINE, END_LINE, SUBJECT_LABEL
 
 
 def response_body(digest: str) -> str:
     """The BEGIN/END block around the digest, every line ending in CRLF."""
-    if not _DIGEST.fullmatch(digest):
+    if not BASE64URL.fullmatch(digest):
         raise ValueError(f"{digest!r} is not a base64url digest")
     return f"{BEGIN_LINE}\r\n{digest}\r\n{END_LINE}\r\n"
 

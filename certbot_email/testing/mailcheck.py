@@ -1,35 +1,24 @@
 """Judging an RFC 8823 response mail (§3.2) without I/O: it either yields what the CA needs to
 look up the challenge, or names the rule it broke. DKIM keys come through an injected lookup.
 
-Candidates for sharing with the client side: ``find_response_block``, ``subject_token_part1``,
-the ``*_SIGNED_HEADERS`` lists and ``dkim_findings``.
+The RFC's own rules (header lists, Subject label, DKIM tags, response block) come from
+``certbot_email.protocol.rfc8823``, shared with the client; this module holds the CA's policy.
 """
 import dataclasses
 import email
 import email.message
 import email.policy
 import email.utils
-import re
 from typing import Callable, Optional
 
 import dkim
 
-from certbot_email.protocol import identifiers
+from certbot_email.protocol import identifiers, rfc8823
+from certbot_email.protocol.rfc8823 import RESPONSE_SIGNED_HEADERS, find_response_block
 
-#: Headers every response's DKIM h= must list (RFC 8823 §3.2 item 9).
-RESPONSE_SIGNED_HEADERS = ("from", "sender", "reply-to", "to", "cc", "subject", "date",
-                           "in-reply-to", "references", "message-id", "content-type",
-                           "content-transfer-encoding")
-#: The challenge's list adds Auto-Submitted (§3.1 item 6).
-CHALLENGE_SIGNED_HEADERS = RESPONSE_SIGNED_HEADERS + ("auto-submitted",)
-#: SHOULD-sign headers of both lists; the CA signs them on its challenges.
-RECOMMENDED_SIGNED_HEADERS = ("resent-date", "resent-from", "resent-to", "resent-cc",
-                              "list-id", "list-help", "list-unsubscribe", "list-subscribe",
-                              "list-post", "list-owner", "list-archive",
-                              "list-unsubscribe-post")
-BEGIN_MARKER = "-----BEGIN ACME RESPONSE-----"
-END_MARKER = "-----END ACME RESPONSE-----"
-_SUBJECT_LABEL = re.compile(r"ACME:", re.IGNORECASE)
+#: Shared RFC 8823 names under the spellings the CA's callers and tests use.
+CHALLENGE_SIGNED_HEADERS = rfc8823.CHALLENGE_SIGNED_HEADERS
+BEGIN_MARKER, END_MARKER = rfc8823.BEGIN_LINE, rfc8823.END_LINE
 
 DnsTxtLookup = Callable[..., Optional[bytes]]
 
@@ -49,24 +38,9 @@ class ReplyFindings:
 
 
 def subject_token_part1(subject: str) -> Optional[str]:
-    """token-part1 from a decoded Subject: text after ``ACME:``, white space removed (A4)."""
-    match = _SUBJECT_LABEL.search(subject)
-    if match is None:
-        return None
-    token = "".join(subject[match.end():].split())
-    return token or None
-
-
-def find_response_block(text: str) -> Optional[str]:
-    """The digest between the BEGIN/END lines, line breaks and white space dropped (§3.2 item 7)."""
-    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
-    try:
-        start = lines.index(BEGIN_MARKER)
-        end = lines.index(END_MARKER, start + 1)
-    except ValueError:
-        return None
-    digest = "".join("".join(lines[start + 1:end]).split()).rstrip("=")
-    return digest or None
+    """token-part1 from a decoded Subject: any prefix before ``ACME:`` (any case) skipped (A4)."""
+    parts = rfc8823.split_subject(subject, rfc8823.LABEL_ANY_CASE)
+    return (parts.token_part1 or None) if parts else None
 
 
 def _plain_text(message: email.message.EmailMessage) -> str:
@@ -88,11 +62,6 @@ def _plain_text(message: email.message.EmailMessage) -> str:
         raise MailRejectedError(f"the text/plain part cannot be decoded: {error}") from None
 
 
-def _domain(value: str) -> str:
-    """A domain in lower-case A-labels, for the d= comparison (A7)."""
-    return value.strip().rstrip(".").encode("idna").decode("ascii").lower()
-
-
 def dkim_findings(raw: bytes, from_domain: str, required: tuple[str, ...],
                   dnsfunc: DnsTxtLookup) -> str:
     """Accept if one DKIM signature verifies, is aligned, covers ``required`` and the whole body.
@@ -101,7 +70,7 @@ def dkim_findings(raw: bytes, from_domain: str, required: tuple[str, ...],
     signature's reason otherwise.
     """
     verifier = dkim.DKIM(raw)
-    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    count = len(rfc8823.dkim_signatures(verifier.headers))
     if count == 0:
         raise MailRejectedError("no DKIM-Signature")
     body_length = len(raw.split(b"\r\n\r\n", 1)[-1]) if b"\r\n\r\n" in raw else \
@@ -113,22 +82,20 @@ def dkim_findings(raw: bytes, from_domain: str, required: tuple[str, ...],
         except dkim.DKIMException as error:
             reasons.append(f"signature {index}: {error}")
             continue
-        tags = verifier.signature_fields
-        domain = tags.get(b"d", b"").decode("ascii", "replace")
-        signed = {name.strip().lower() for name in
-                  tags.get(b"h", b"").decode("ascii", "replace").split(":")}
-        missing = [name for name in required if name not in signed]
+        tags = rfc8823.DkimTags.from_fields(verifier.signature_fields)
+        missing = tags.missing_headers(required)
         if not verified:
-            reasons.append(f"signature {index} (d={domain}) does not verify")
-        elif _domain(domain) != from_domain:
-            reasons.append(f"signature {index}: d={domain} is not the From domain {from_domain}")
+            reasons.append(f"signature {index} (d={tags.domain}) does not verify")
+        elif not tags.aligned_with(from_domain):
+            reasons.append(f"signature {index}: d={tags.domain} is not the From domain "
+                           f"{from_domain}")
         elif missing:
             reasons.append(f"signature {index}: h= does not cover {', '.join(missing)}")
-        elif b"l" in tags and int(tags[b"l"]) < body_length:
-            reasons.append(f"signature {index}: l={int(tags[b'l'])} leaves part of the "
+        elif tags.leaves_body_unsigned(body_length):
+            reasons.append(f"signature {index}: l={tags.body_length} leaves part of the "
                            f"{body_length}-byte body unsigned")
         else:
-            return f"DKIM d={domain} s={tags.get(b's', b'').decode('ascii', 'replace')}"
+            return f"DKIM d={tags.domain} s={tags.selector}"
     raise MailRejectedError("DKIM: " + "; ".join(reasons))
 
 

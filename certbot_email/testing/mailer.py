@@ -14,7 +14,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from certbot_email.testing import mailcheck
+from certbot_email.protocol import rfc8823
 from certbot_email.testing.config import MailSettings
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def compose_challenge(settings: MailSettings, recipient: str, token_part1: str) 
     message["To"] = recipient
     if settings.reply_to:
         message["Reply-To"] = settings.reply_to
-    message["Subject"] = f"ACME: {token_part1}"
+    message["Subject"] = f"{rfc8823.SUBJECT_LABEL} {token_part1}"
     message["Date"] = email.utils.formatdate(localtime=False)
     message["Message-ID"] = email.utils.make_msgid("acme", domain=domain)
     if not settings.omit_auto_submitted:
@@ -67,7 +67,7 @@ def sign_challenge(raw: bytes, settings: MailSettings, key_pem: bytes) -> bytes:
     """Prepend a DKIM-Signature with d= the From domain and h= the RFC's lists."""
     domain = settings.sender.rpartition("@")[2]
     headers = [name.encode("ascii") for name in
-               mailcheck.CHALLENGE_SIGNED_HEADERS + mailcheck.RECOMMENDED_SIGNED_HEADERS]
+               rfc8823.CHALLENGE_SIGNED_HEADERS + rfc8823.RECOMMENDED_SIGNED_HEADERS]
     signature = dkim.sign(raw, settings.dkim_selector.encode("ascii"),
                           domain.encode("ascii"), key_pem, include_headers=headers,
                           canonicalize=(b"relaxed", b"relaxed"))

@@ -15,6 +15,7 @@ import dns.resolver
 
 from certbot_email.protocol import challenges as email_challenges
 from certbot_email.testing import problems
+from certbot_email.transport import dkim_dns
 
 TIMEOUT_SECONDS = 5.0
 #: Services each capability challenge may name (spec B7: smtp allowed besides submission(s)).
@@ -330,9 +331,7 @@ def dkim_lookup(net: Network) -> Callable[..., Optional[bytes]]:
 
     def lookup(name: bytes, timeout: float = TIMEOUT_SECONDS) -> Optional[bytes]:
         try:
-            answer = net.resolver().resolve(name.decode("ascii").rstrip("."), "TXT",
-                                             lifetime=timeout)
-        except (dns.exception.DNSException, ValidationFailedError, UnicodeError):
+            return dkim_dns.resolve_txt(net.resolver(), name, timeout)
+        except (LookupError, ValidationFailedError, UnicodeError):
             return None
-        return b"".join(answer[0].strings)
     return lookup

@@ -36,12 +36,19 @@ def txt_lookup(server: str, timeout: float = 5.0) -> Callable[..., Optional[byte
     resolver.lifetime = timeout
 
     def lookup(name: bytes, timeout: float = timeout) -> Optional[bytes]:
-        try:
-            answer = resolver.resolve(name.decode("ascii"), "TXT", lifetime=timeout)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        except dns.exception.DNSException as error:
-            raise LookupError(f"TXT lookup of {name.decode('ascii')} at {server} failed: "
-                              f"{error}") from None
-        return b"".join(next(iter(answer)).strings)
+        return resolve_txt(resolver, name, timeout)
     return lookup
+
+
+def resolve_txt(resolver: dns.resolver.Resolver, name: bytes, timeout: float) -> Optional[bytes]:
+    """A DKIM key's TXT strings joined; None when there is none, ``LookupError`` when DNS fails."""
+    text = name.decode("ascii")
+    try:
+        answer = resolver.resolve(text, "TXT", lifetime=timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return None
+    except dns.exception.DNSException as error:
+        servers = ", ".join(str(server) for server in resolver.nameservers)
+        raise LookupError(f"TXT lookup of {text} at {servers} port {resolver.port} failed: "
+                          f"{error}") from None
+    return b"".join(next(iter(answer)).strings)
