@@ -22,7 +22,7 @@ setup(
         "dkimpy>=1.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "acme2certifier==0.46.3"],
         "lint": ["ruff", "mypy", "types-requests"],
     },
     entry_points={
@@ -32,9 +32,11 @@ setup(
             "postfix = certbot_email_smtpext.installer:PostfixInstaller",
             "dovecot = certbot_email_smtpext.installer:DovecotInstaller",
             "mailserver = certbot_email_smtpext.installer:MailServerInstaller",
+            "email-capability = certbot_email_smtpext.capability_plugin:Authenticator",
         ],
         "console_scripts": [
             "certbot-email-testca = certbot_email.testing.cli:main",
+            "certbot-email-pkcs12 = certbot_email.pkcs12_hook:main",
         ],
     },
 )

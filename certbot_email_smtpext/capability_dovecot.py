@@ -1,0 +1,154 @@
+"""Dovecot for email-capability: one included snippet we own, config-tested, then reloaded.
+
+The IMAP backend writes ``protocol imap { imap_capability = ... }`` with every pending
+``ACME=<v>`` atom added to the value in force (Dovecot keeps every session alive across a
+reload; notes/mail-protocol-proof.md §2.1). The standalone backend uses the same snippet to
+switch one listener off (``port = 0``) while our responder holds its port (POP3, submission:
+Dovecot cannot add a line to their capability lists, §2.2-2.3).
+"""
+import os
+import re
+import subprocess
+from typing import Callable, Optional, Sequence
+
+from certbot import errors
+
+from certbot_email_smtpext import dovecot
+from certbot_email_smtpext.capability_state import ValidationState
+
+SNIPPET_NAME = "certbot-email-capability.conf"
+#: Dovecot 2.4 made imap_capability a boolean list (``"ATOM" = yes``).
+BOOLLIST_SINCE = (2, 4)
+_HEADER = "# Written by certbot-email (email-capability) for one validation; removed after it.\n"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def imap_capability_value(current: str, atoms: Sequence[str]) -> str:
+    """Dovecot 2.3: ``+`` keeps the defaults; an explicit list keeps its atoms and gains ours."""
+    current = current.strip()
+    if not current:
+        return "+" + " ".join(atoms)
+    return " ".join([current, *atoms])
+
+
+def imap_snippet(version: tuple[int, ...], current: str, values: Sequence[str]) -> str:
+    """The snippet advertising ``ACME=<v>`` for every value, inside ``protocol imap``."""
+    atoms = [f"ACME={value}" for value in values]
+    if version >= BOOLLIST_SINCE:
+        entries = "".join(f'    "{atom}" = yes\n' for atom in atoms)
+        body = f"  imap_capability {{\n{entries}  }}\n"
+    else:
+        body = f"  imap_capability = {imap_capability_value(current, atoms)}\n"
+    return f"{_HEADER}protocol imap {{\n{body}}}\n"
+
+
+def parse_listener(text: str) -> tuple[str, str]:
+    """``pop3-login/pop3`` -> (service, inet_listener) for --email-capability-dovecot-listener."""
+    service, sep, listener = text.partition("/")
+    if not sep or not _NAME.match(service) or not _NAME.match(listener):
+        raise errors.MisconfigurationError(
+            f"--email-capability-dovecot-listener {text!r}: expected SERVICE/LISTENER as in "
+            "dovecot.conf, e.g. pop3-login/pop3 or submission-login/submission")
+    return service, listener
+
+
+def listener_off_snippet(service: str, listener: str) -> str:
+    """The snippet that makes Dovecot let go of one inet listener's port."""
+    return (f"{_HEADER}service {service} {{\n  inet_listener {listener} {{\n    port = 0\n"
+            f"  }}\n}}\n")
+
+
+class DovecotSnippet:
+    """Our snippet in one Dovecot instance: installed under the validation state, then reloaded."""
+
+    def __init__(self, config_file: str, snippet_path: str = "") -> None:
+        self.daemon = dovecot.Dovecot(config_file)
+        self.config_file = config_file
+        self.path = snippet_path or os.path.join(self.daemon.config_dir, SNIPPET_NAME)
+
+    def _tool(self, *argv: str) -> str:
+        """A doveconf/dovecot query; its failure is a PluginError naming the command."""
+        done = subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
+                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+    def version(self) -> tuple[int, ...]:
+        """The installed Dovecot's version."""
+        return dovecot.parse_version(self._tool("dovecot", "--version"))
+
+    def imap_capability(self) -> str:
+        """The imap_capability in force for IMAP (``protocol imap`` filter applied)."""
+        return self._tool("doveconf", "-c", self.config_file, "-h", "-f", "protocol=imap",
+                          "imap_capability").strip()
+
+    def listener_port(self, service: str, listener: str) -> Optional[int]:
+        """The port of ``service``'s inet_listener ``listener`` in force, if it exists."""
+        for block in dovecot.parse_config(self._tool("doveconf", "-c", self.config_file)).blocks:
+            if block.kind == "service" and block.name == service:
+                for inner in block.blocks:
+                    if inner.kind == "inet_listener" and inner.name == listener:
+                        port = inner.settings.get("port", "")
+                        return int(port) if port.isdigit() else None
+        return None
+
+    def reload_command(self) -> list[str]:
+        """What restores the running daemon once the files are back."""
+        return ["doveadm", "-c", os.path.abspath(self.config_file), "reload"]
+
+    def begin(self, state: ValidationState, runtime_dir: str = "") -> None:
+        """Record the validation: restoring means putting files back and reloading."""
+        state.begin("dovecot", [self.reload_command()], runtime_dir or None)
+
+    def install(self, state: ValidationState, text: str,
+                before_reload: Optional[Callable[[], None]] = None) -> None:
+        """Write the snippet (and its include), refuse it unless doveconf passes, reload."""
+        state.protect(self.path)
+        config_text = _read(self.config_file)
+        if not dovecot.includes(config_text, self.path):
+            state.protect(self.config_file)
+            with open(self.config_file, "a", encoding="utf-8") as config:
+                config.write(("" if config_text.endswith("\n") else "\n")
+                             + f"!include_try {self.path}\n")
+        with open(self.path, "w", encoding="utf-8") as snippet:
+            snippet.write(text)
+        try:
+            self.daemon.config_test()
+        except errors.PluginError as error:
+            raise errors.PluginError(f"Dovecot refuses the snippet {self.path}, so it was not "
+                                     f"loaded and is being removed: {error}") from None
+        if before_reload is not None:
+            before_reload()
+        self.daemon.reload()
+
+
+class DovecotImap(DovecotSnippet):
+    """The IMAP backend: every value added to imap_capability, checked by doveconf, reloaded."""
+
+    def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
+        """Record, write the snippet, check the value in force, reload."""
+        version, current = self.version(), self.imap_capability()
+        atoms = [f"ACME={value}" for value in values]
+
+        def check_effective() -> None:
+            effective = self.imap_capability()
+            if version < BOOLLIST_SINCE and not set(atoms) <= set(effective.lstrip("+").split()):
+                raise errors.PluginError(
+                    f"{self.path} sets imap_capability, but Dovecot still uses "
+                    f"{effective or 'the default'}: a `protocol imap "
+                    f"{{ imap_capability }}` read after it (local.conf?) wins; include "
+                    f"{self.path} last")
+        self.begin(state)
+        self.install(state, imap_snippet(version, current, values), check_effective)
+
+
+def _read(path: str) -> str:
+    """A config file's text."""
+    try:
+        with open(path, encoding="utf-8") as config:
+            return config.read()
+    except OSError as error:
+        raise errors.PluginError(f"cannot read {path}: {error}; check "
+                                 "--email-capability-dovecot-config") from None

@@ -1,0 +1,210 @@
+"""Postfix for email-capability: swap one master.cf service's command to spawn(8) our responder.
+
+Postfix has no way to add an EHLO keyword (notes/mail-protocol-proof.md §1.1). A master.cf
+service that keeps its endpoint but changes its command keeps its listening socket across a
+reload, and the old smtpd processes finish their sessions (§1.2), so the swap refuses no
+connection and drops no mail: new sessions meet the responder, which answers EHLO with the
+ACME lines and anything that tries to send with a temporary 421. A spawn entry that fails to
+start throttles the port for a minute even after a restore (§1.4), so the entry is generated
+from one template, parsed back by postconf in a scratch copy of the config, and its exact
+command is run once as the spawn user on a socketpair before master.cf is touched.
+"""
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from certbot import errors
+
+from certbot_email_smtpext import capability_probe, capability_responder, postfix
+from certbot_email_smtpext.capability_state import (
+    RESPONDER_COPY,
+    ValidationState,
+    make_runtime_dir,
+    write_owned,
+    write_throwaway_certificate,
+    write_values,
+)
+
+DEFAULT_SPAWN_USER = "nobody"
+#: Tried in order when --email-capability-spawn-python is not given; the first that works wins.
+FALLBACK_PYTHON = "/usr/bin/python3"
+PRETEST_SECONDS = 10.0
+#: master.cf columns: service type private unpriv chroot wakeup maxproc command...
+_COLUMNS = 7
+#: Commands run as one process for all clients; their maxproc (1) does not suit spawn.
+SINGLE_PROCESS_COMMANDS = frozenset({"postscreen"})
+
+
+def endpoint_port(service_name: str) -> Optional[int]:
+    """The TCP port of a master.cf inet endpoint (``25``, ``smtp``, ``127.0.0.1:2525``)."""
+    port_name = service_name.rpartition(":")[2]
+    if port_name.isdigit():
+        return int(port_name)
+    try:
+        return socket.getservbyname(port_name, "tcp")
+    except OSError:
+        return None
+
+
+def find_service(services: Sequence[postfix.MasterService], port: int) -> postfix.MasterService:
+    """The inet service listening on ``port``; exactly one, or a PluginError saying what to fix."""
+    found = [service for service in services
+             if service.type == "inet" and endpoint_port(service.service) == port]
+    if len(found) != 1:
+        listed = ", ".join(f"{s.service}/{s.type}" for s in found) or "none"
+        raise errors.PluginError(
+            f"master.cf must have exactly one inet service on port {port} to swap (found: "
+            f"{listed}); check --email-capability-port and --email-capability-postfix-config-dir")
+    return found[0]
+
+
+def spawn_entry(fields: Sequence[str], spawn_user: str, argv: Sequence[str]) -> str:
+    """The ``postconf -Me`` value: same endpoint and limits, command ``spawn`` as the user.
+
+    spawn needs root to switch to ``user=``, so unpriv is ``n``; chroot is ``n`` because the
+    responder runs a Python from outside any chroot. postscreen's process limit of 1 becomes
+    the default limit.
+    """
+    if any(not word or any(c.isspace() for c in word) for word in argv):
+        raise errors.PluginError(f"cannot put {list(argv)} in master.cf: a path has white "
+                                 "space; use --email-capability-spawn-python without spaces")
+    service, service_type, private, _, _, wakeup, maxproc = fields[:_COLUMNS]
+    if fields[_COLUMNS] in SINGLE_PROCESS_COMMANDS:
+        maxproc = "-"  # one spawn at a time would queue the CA behind any other client
+    return (f"{service}/{service_type} = {service} {service_type} {private} n n {wakeup} "
+            f"{maxproc} spawn user={spawn_user} argv={' '.join(argv)}")
+
+
+def responder_argv(python: str, runtime_dir: str, hostname: str, values_file: str,
+                   cert: str, key: str, implicit_tls: bool) -> list[str]:
+    """The spawned command: the responder copy in the runtime dir, isolated from the env."""
+    argv = [python, "-I", os.path.join(runtime_dir, RESPONDER_COPY), "--protocol", "smtp",
+            "--values-file", values_file, "--hostname", hostname, "--tls-cert", cert,
+            "--tls-key", key]
+    return [*argv, "--implicit-tls"] if implicit_tls else argv
+
+
+def pretest(argv: Sequence[str], spawn_user: str, implicit_tls: bool,
+            values: Sequence[str]) -> Optional[str]:
+    """Run ``argv`` once as spawn does (socket on stdin/stdout, as the user); why it failed."""
+    ours, theirs = socket.socketpair()
+    try:
+        process = subprocess.Popen(list(argv), stdin=theirs.fileno(), stdout=theirs.fileno(),
+                                   stderr=subprocess.PIPE, user=spawn_user,
+                                   group=_group(spawn_user), extra_groups=[], cwd="/")
+    except OSError as error:
+        ours.close()
+        theirs.close()
+        return f"cannot start it: {error}"
+    theirs.close()
+    sock = ours
+    try:
+        ours.settimeout(PRETEST_SECONDS)
+        if implicit_tls:
+            sock = capability_probe.unverified_tls().wrap_socket(ours)
+        seen = capability_probe.session_values("smtp", sock)
+    except (OSError, ssl.SSLError, capability_probe.ProbeError) as error:
+        seen = None
+        failure = f"{type(error).__name__}: {error}"
+    finally:
+        sock.close()
+        ours.close()
+        try:
+            _, stderr = process.communicate(timeout=PRETEST_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stderr = b""
+    if seen is None:
+        return f"{failure} {stderr.decode('utf-8', 'replace').strip()}".strip()
+    if not set(values) <= set(seen):
+        return f"it advertised {seen}, not {list(values)}"
+    return None
+
+
+def _group(user: str) -> int:
+    """The user's primary group id."""
+    return pwd.getpwnam(user).pw_gid
+
+
+class PostfixSwap:
+    """One Postfix instance whose service on one port is swapped to the responder and back."""
+
+    def __init__(self, config_dir: str, port: int, implicit_tls: bool,
+                 spawn_user: str = DEFAULT_SPAWN_USER, python: Optional[str] = None) -> None:
+        self.config_dir = os.path.abspath(config_dir)  # postfix -c wants it absolute
+        self.daemon = postfix.Postfix(self.config_dir)
+        self.master_cf = os.path.join(self.config_dir, "master.cf")
+        self.port = port
+        self.implicit_tls = implicit_tls
+        self.spawn_user = spawn_user
+        self.pythons = [python] if python else list(dict.fromkeys([sys.executable,
+                                                                  FALLBACK_PYTHON]))
+
+    def _postconf(self, config_dir: str, *arguments: str) -> str:
+        """postconf -c ``config_dir``; failures name the command."""
+        argv = ["postconf", "-c", config_dir, *arguments]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
+                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+    def reload_command(self) -> list[str]:
+        """What restores the running daemon once master.cf is back."""
+        return ["postfix", "-c", self.config_dir, "reload"]
+
+    def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
+        """Prepare and pre-test the responder, then swap the service and reload."""
+        service = find_service(self.daemon.services(), self.port)
+        name = f"{service.service}/{service.type}"
+        fields = self._postconf(self.config_dir, "-M", name).split()
+        hostname = self._postconf(self.config_dir, "-h", "myhostname").strip()
+        runtime_dir = make_runtime_dir(self.spawn_user)
+        state.begin("postfix", [self.reload_command()], runtime_dir)
+        entry = self._tested_entry(runtime_dir, fields, hostname, values)
+        state.protect(self.master_cf)
+        self._postconf(self.config_dir, "-Me", entry)
+        self.daemon.reload()
+
+    def _tested_entry(self, runtime_dir: str, fields: Sequence[str], hostname: str,
+                      values: Sequence[str]) -> str:
+        """The spawn entry whose command answered the pre-test, checked by postconf."""
+        with open(capability_responder.__file__, "rb") as source:
+            write_owned(os.path.join(runtime_dir, RESPONDER_COPY), source.read(), runtime_dir)
+        values_file = write_values(runtime_dir, values)
+        cert, key = write_throwaway_certificate(runtime_dir, hostname or "localhost")
+        failures = []
+        for python in self.pythons:
+            argv = responder_argv(python, runtime_dir, hostname or "localhost", values_file,
+                                  cert, key, self.implicit_tls)
+            failure = pretest(argv, self.spawn_user, self.implicit_tls, values)
+            if failure is None:
+                entry = spawn_entry(fields, self.spawn_user, argv)
+                self._check_parses(entry, fields[:2])
+                return entry
+            failures.append(f"{python}: {failure}")
+        raise errors.PluginError(
+            f"the responder does not run as user {self.spawn_user!r} ({'; '.join(failures)}); "
+            "name a python3 that user may execute with --email-capability-spawn-python")
+
+    def _check_parses(self, entry: str, endpoint: Sequence[str]) -> None:
+        """Apply the entry to a scratch copy of the config and read it back through postconf."""
+        scratch = tempfile.mkdtemp(prefix="certbot-email-postconf-")
+        try:
+            for name in ("main.cf", "master.cf"):
+                shutil.copy2(os.path.join(self.config_dir, name), scratch)
+            self._postconf(scratch, "-Me", entry)
+            parsed = self._postconf(scratch, "-M", "/".join(endpoint)).split()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        expected = entry.split(" = ", 1)[1].split()
+        if parsed != expected or parsed[3] != "n" or f"user={self.spawn_user}" not in parsed:
+            raise errors.PluginError(f"postconf reads the spawn entry back as {parsed}, not "
+                                     f"{expected}; master.cf was left untouched")

@@ -1,0 +1,309 @@
+"""A mail-protocol responder that advertises ACME capability values and refuses everything else.
+
+It speaks just enough SMTP, IMAP and POP3 for a CA's capability check (draft-ietf-acme-email-tls
+§3.4): the greeting, EHLO/CAPABILITY/CAPA with every pending value, STARTTLS, and a temporary
+failure for anything else, so that real senders defer instead of bouncing. It uses the standard
+library only, because Postfix's spawn(8) runs a copy of this file with any python3 as an
+unprivileged user, one process per connection on fd 0; the standalone backend serves it
+from a thread of the certbot process instead (``ThreadedResponder``).
+"""
+import argparse
+import asyncio
+import dataclasses
+import errno
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+from typing import Awaitable, Callable, Optional, Sequence
+
+PROTOCOLS = ("smtp", "imap", "pop3")
+#: Longest command line we read; SMTP allows 512 octets, IMAP clients send far less here.
+LINE_LIMIT = 2048
+#: A silent client is dropped after this long (a CA reads within seconds).
+IDLE_SECONDS = 30.0
+#: How long a standalone responder keeps trying to bind while the real server lets go.
+BIND_SECONDS = 5.0
+_BIND_RETRY_SECONDS = 0.005
+#: Each protocol's temporary failure: senders and mail clients retry later, nothing bounces.
+UNAVAILABLE = {"smtp": "421 4.3.2 Service temporarily unavailable, try again later",
+               "imap": "* BYE [UNAVAILABLE] Temporarily unavailable, try again later",
+               "pop3": "-ERR [SYS/TEMP] Temporarily unavailable, try again later"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Advertised:
+    """What one listener shows: the protocol, every pending value, its name, STARTTLS if any."""
+
+    protocol: str
+    values: tuple[str, ...]
+    hostname: str
+    starttls: Optional[ssl.SSLContext] = None
+
+
+class _Session:
+    """One client connection: line I/O, and the switch to TLS."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 advertised: Advertised, in_tls: bool) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.advertised = advertised
+        self.in_tls = in_tls
+
+    @property
+    def can_starttls(self) -> bool:
+        """STARTTLS is offered with a key, before TLS, on Pythons that upgrade streams (3.11)."""
+        return (self.advertised.starttls is not None and not self.in_tls
+                and hasattr(self.writer, "start_tls"))
+
+    async def say(self, *lines: str) -> None:
+        """Send CRLF-terminated lines."""
+        self.writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+        await self.writer.drain()
+
+    async def read_line(self) -> Optional[str]:
+        """The next command line, or None on EOF, timeout or an over-long line."""
+        try:
+            line = await asyncio.wait_for(self.reader.readuntil(b"\n"), IDLE_SECONDS)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                ConnectionError):
+            return None
+        return line.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def start_tls(self) -> None:
+        """Upgrade the connection in place (STARTTLS, STLS)."""
+        assert self.advertised.starttls is not None
+        await self.writer.start_tls(self.advertised.starttls)  # type: ignore[attr-defined]
+        self.in_tls = True
+
+
+async def _smtp(session: _Session) -> None:
+    """220; EHLO/LHLO with ``ACME <v>`` lines; HELO, NOOP, RSET, STARTTLS, QUIT; else 421."""
+    host = session.advertised.hostname
+    await session.say(f"220 {host} ESMTP")
+    while (line := await session.read_line()) is not None:
+        verb = line.split(" ", 1)[0].upper()
+        if verb in ("EHLO", "LHLO"):
+            keywords = [host, *(f"ACME {value}" for value in session.advertised.values),
+                        "ENHANCEDSTATUSCODES", *(["STARTTLS"] if session.can_starttls else [])]
+            await session.say(*(f"250-{word}" for word in keywords[:-1]), f"250 {keywords[-1]}")
+        elif verb == "HELO":
+            await session.say(f"250 {host}")
+        elif verb in ("NOOP", "RSET"):
+            await session.say("250 2.0.0 Ok")
+        elif verb == "STARTTLS" and session.can_starttls:
+            await session.say("220 2.0.0 Ready to start TLS")
+            await session.start_tls()
+        elif verb == "QUIT":
+            await session.say("221 2.0.0 Bye")
+            return
+        else:
+            await session.say(UNAVAILABLE["smtp"])
+            return
+
+
+def _imap_capabilities(session: _Session) -> str:
+    """The capability list: IMAP4rev1, every ``ACME=<v>``, STARTTLS when offered."""
+    atoms = ["IMAP4rev1", *(f"ACME={value}" for value in session.advertised.values)]
+    if session.can_starttls:
+        atoms.append("STARTTLS")
+    return " ".join([*atoms, "LOGINDISABLED"])
+
+
+async def _imap(session: _Session) -> None:
+    """Greeting with [CAPABILITY]; CAPABILITY, NOOP, STARTTLS, LOGOUT; else BYE [UNAVAILABLE]."""
+    await session.say(f"* OK [CAPABILITY {_imap_capabilities(session)}] "
+                      f"{session.advertised.hostname} ready")
+    while (line := await session.read_line()) is not None:
+        tag, _, rest = line.partition(" ")
+        command = rest.split(" ", 1)[0].upper()
+        if command == "CAPABILITY":
+            await session.say(f"* CAPABILITY {_imap_capabilities(session)}",
+                              f"{tag} OK CAPABILITY completed")
+        elif command == "NOOP":
+            await session.say(f"{tag} OK NOOP completed")
+        elif command == "STARTTLS" and session.can_starttls:
+            await session.say(f"{tag} OK Begin TLS negotiation now")
+            await session.start_tls()
+        elif command == "LOGOUT":
+            await session.say("* BYE Logging out", f"{tag} OK LOGOUT completed")
+            return
+        else:
+            await session.say(UNAVAILABLE["imap"], f"{tag} NO [UNAVAILABLE] Try again later")
+            return
+
+
+async def _pop3(session: _Session) -> None:
+    """+OK; CAPA with ``ACME <v>`` lines; STLS, QUIT; else -ERR [SYS/TEMP]."""
+    await session.say(f"+OK {session.advertised.hostname} ready")
+    while (line := await session.read_line()) is not None:
+        command = line.split(" ", 1)[0].upper()
+        if command == "CAPA":
+            await session.say("+OK Capability list follows",
+                              *(f"ACME {value}" for value in session.advertised.values),
+                              *(["STLS"] if session.can_starttls else []), ".")
+        elif command == "STLS" and session.can_starttls:
+            await session.say("+OK Begin TLS negotiation")
+            await session.start_tls()
+        elif command == "QUIT":
+            await session.say("+OK Bye")
+            return
+        else:
+            await session.say(UNAVAILABLE["pop3"])
+            return
+
+
+_DIALOGUES: dict[str, Callable[[_Session], Awaitable[None]]] = {
+    "smtp": _smtp, "imap": _imap, "pop3": _pop3}
+
+
+def connection_handler(advertised: Advertised, implicit_tls: bool
+                       ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                     Awaitable[None]]:
+    """An asyncio client callback that runs one dialogue and always closes the connection."""
+    dialogue = _DIALOGUES[advertised.protocol]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await dialogue(_Session(reader, writer, advertised, implicit_tls))
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        except asyncio.CancelledError:
+            writer.transport.abort()  # the validation is over: no TLS goodbye to wait for
+            raise
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+    return handle
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for the throwaway key: the CA does not verify it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+class ThreadedResponder:
+    """Serves one port on every given address from a thread of its own, until ``stop()``."""
+
+    def __init__(self, advertised: Advertised, implicit_tls: bool) -> None:
+        self.advertised = advertised
+        self.implicit_tls = implicit_tls
+        self._loop = asyncio.new_event_loop()
+        self._server: Optional[asyncio.base_events.Server] = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="email-capability-responder")
+
+    def start(self, addresses: Sequence[str], port: int,
+              bind_seconds: float = BIND_SECONDS) -> None:
+        """Bind (retrying while the real server lets the port go), then serve."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            self._bind(list(addresses) or None, port, bind_seconds), self._loop)
+        try:
+            self._server = future.result()
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _bind(self, hosts: Optional[list[str]], port: int,
+                    bind_seconds: float) -> asyncio.base_events.Server:
+        """start_server with retries on EADDRINUSE until ``bind_seconds`` have passed."""
+        context = self.advertised.starttls if self.implicit_tls else None
+        handler = connection_handler(self.advertised, self.implicit_tls)
+        deadline = time.monotonic() + bind_seconds
+        while True:
+            try:
+                return await asyncio.start_server(handler, host=hosts, port=port, ssl=context,
+                                                  reuse_address=True, limit=LINE_LIMIT)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(_BIND_RETRY_SECONDS)
+
+    def stop(self) -> None:
+        """Close the listener and every session (the port is free on return); end the thread."""
+        if self._server is not None:
+            server = self._server
+            self._server = None
+
+            async def close() -> None:
+                server.close()
+                sessions = [task for task in asyncio.all_tasks()
+                            if task is not asyncio.current_task()]
+                for task in sessions:
+                    task.cancel()
+                await asyncio.gather(*sessions, return_exceptions=True)
+                await server.wait_closed()
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(IDLE_SECONDS)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+
+async def _serve_inetd(advertised: Advertised, implicit_tls: bool) -> None:
+    """One session on the socket inherited as fd 0 (spawn(8), inetd)."""
+    sock = socket.socket(fileno=os.dup(0))
+    done = asyncio.Event()
+    handler = connection_handler(advertised, implicit_tls)
+
+    async def handle_then_finish(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        finally:
+            done.set()
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader, handle_then_finish)
+    await loop.connect_accepted_socket(
+        lambda: protocol, sock, ssl=advertised.starttls if implicit_tls else None)
+    await done.wait()
+
+
+def read_values(path: str) -> tuple[str, ...]:
+    """The pending values, kept as a JSON list so the plugin can add names without a reload."""
+    with open(path, encoding="utf-8") as values_file:
+        return tuple(str(value) for value in json.load(values_file))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of the spawned responder (the plugin builds this command line)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=PROTOCOLS, required=True)
+    parser.add_argument("--values-file", required=True, help="JSON list of values to advertise")
+    parser.add_argument("--hostname", default=socket.getfqdn())
+    parser.add_argument("--tls-cert", help="throwaway certificate (STARTTLS, implicit TLS)")
+    parser.add_argument("--tls-key", help="its key")
+    parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Serve one spawned connection; never write to stderr, which spawn hands to the client."""
+    sys.stderr = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    args = build_parser().parse_args(argv)
+    try:
+        starttls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        values = read_values(args.values_file)
+    except (OSError, ValueError, ssl.SSLError):
+        # the validation just ended and its files are gone: refuse politely, Postfix is back
+        if not args.implicit_tls:
+            os.write(1, f"{UNAVAILABLE[args.protocol]}\r\n".encode("ascii"))
+        return 1
+    asyncio.run(_serve_inetd(Advertised(args.protocol, values, args.hostname, starttls),
+                             args.implicit_tls))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The record of a validation in progress, so that no mail server is ever left changed.
+
+Before any change, ``ValidationState.begin`` writes ``state.json`` (which backend, the commands
+that reload the daemons once their files are back, the runtime directory to delete), and
+certbot's reverter keeps byte copies of every file we are about to change in its temporary
+checkpoint. ``restore()`` puts the files back, runs the recorded commands and deletes our files.
+It is idempotent: ``cleanup()`` calls it, and ``prepare()`` calls it again when an earlier run
+was killed in the middle.
+"""
+import datetime
+import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from certbot import errors, reverter
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+RESPONDER_COPY = "responder.py"
+VALUES_FILE = "values.json"
+CERT_FILE, KEY_FILE = "throwaway-cert.pem", "throwaway-key.pem"
+#: Restore commands are reloads; one that hangs must not keep the server changed forever.
+COMMAND_TIMEOUT_SECONDS = 60
+#: How long responders spawned just before the restore may still need the runtime files.
+RUNTIME_DRAIN_SECONDS = 3.0
+
+
+class ValidationState:
+    """``state.json`` in the state directory plus certbot's temporary checkpoint."""
+
+    def __init__(self, state_dir: str, files: reverter.Reverter) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, STATE_FILE)
+        self.files = files
+
+    def pending(self) -> Optional[dict[str, Any]]:
+        """The record of a validation that has not been restored yet, if any."""
+        try:
+            with open(self.path, encoding="utf-8") as state_file:
+                return dict(json.load(state_file))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise errors.PluginError(f"cannot read {self.path} ({error}); restore the mail "
+                                     "server by hand, then delete that file") from error
+
+    def begin(self, backend: str, after_restore: Sequence[Sequence[str]],
+              runtime_dir: Optional[str] = None) -> None:
+        """Record what ``restore`` must do, before anything changes."""
+        if self.pending() is not None:
+            raise errors.PluginError(f"{self.path} records a validation that was not restored; "
+                                     "run certbot again to repair it first")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        record = {"backend": backend, "pid": os.getpid(),
+                  "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  "after_restore": [list(command) for command in after_restore],
+                  "runtime_dir": runtime_dir}
+        temporary = self.path + ".new"
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                  encoding="utf-8") as state_file:
+            json.dump(record, state_file, indent=1)
+            state_file.flush()
+            os.fsync(state_file.fileno())
+        os.replace(temporary, self.path)
+
+    def protect(self, path: str) -> None:
+        """Keep the original of ``path`` (or note that we create it) before it is written."""
+        if os.path.exists(path):
+            self.files.add_to_temp_checkpoint({path}, f"email-capability: {path}\n")
+        else:
+            self.files.register_file_creation(True, path)
+
+    def restore(self, before_commands: Optional[Callable[[], None]] = None) -> list[str]:
+        """Put every file back, call ``before_commands``, run the recorded reloads; what failed.
+
+        The standalone backend closes its responder in ``before_commands``: as late as
+        possible, so that the port is without a listener only while the daemon reloads.
+        """
+        record = self.pending()
+        if record is None:
+            return []
+        problems = []
+        try:
+            self.files.revert_temporary_config()
+        except errors.ReverterError as error:
+            problems.append(f"restoring the saved configuration files failed: {error}")
+        if before_commands is not None:
+            before_commands()
+        for command in record.get("after_restore", []):
+            problems += _run(command)
+        return problems
+
+    def finish(self) -> None:
+        """Once the real server answers again: delete the runtime files and the record.
+
+        Not part of ``restore``: Postfix may still spawn a responder for a connection accepted
+        just before its reload took effect, and that responder needs its files.
+        """
+        record = self.pending()
+        if record is None:
+            return
+        runtime_dir = record.get("runtime_dir")
+        if runtime_dir:
+            _wait_for_processes_using(runtime_dir, RUNTIME_DRAIN_SECONDS)
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+        os.remove(self.path)
+
+
+def _wait_for_processes_using(directory: str, timeout: float) -> None:
+    """Give responders that name ``directory`` on their command line time to load or finish."""
+    deadline = time.monotonic() + timeout
+    marker = directory.encode()
+    while time.monotonic() < deadline:
+        users = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if marker in cmdline.read():
+                        users.append(pid)
+            except OSError:
+                continue
+        if not users:
+            return
+        time.sleep(0.05)
+
+
+def _run(command: Sequence[str]) -> list[str]:
+    """Run one restore command; what went wrong, if anything."""
+    try:
+        done = subprocess.run(list(command), capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, timeout=COMMAND_TIMEOUT_SECONDS)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return [f"`{' '.join(command)}` failed: {error}"]
+    if done.returncode != 0:
+        return [f"`{' '.join(command)}` exited {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()}"]
+    return []
+
+
+def make_runtime_dir(owner: str) -> str:
+    """A fresh 0700 directory owned by ``owner``, for what a spawned responder must read."""
+    try:
+        account = pwd.getpwnam(owner)
+    except KeyError:
+        raise errors.PluginError(f"user {owner!r} does not exist; name an unprivileged user "
+                                 "that may run the responder") from None
+    directory = tempfile.mkdtemp(prefix="certbot-email-capability-")
+    os.chown(directory, account.pw_uid, account.pw_gid)
+    return directory
+
+
+def write_owned(path: str, data: bytes, owner_dir: str) -> None:
+    """Write a 0600 file owned like ``owner_dir``, atomically."""
+    status = os.stat(owner_dir)
+    temporary = path + ".new"
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        out.write(data)
+    os.chown(temporary, status.st_uid, status.st_gid)
+    os.replace(temporary, path)
+
+
+def write_throwaway_certificate(directory: str, hostname: str) -> tuple[str, str]:
+    """A self-signed P-256 certificate for the responder's TLS; the CA does not verify it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(directory, CERT_FILE), os.path.join(directory, KEY_FILE)
+    write_owned(cert_path, certificate.public_bytes(serialization.Encoding.PEM), directory)
+    write_owned(key_path, key.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()), directory)
+    return cert_path, key_path
+
+
+def write_values(directory: str, values: Sequence[str]) -> str:
+    """The values file a spawned responder reads on every connection."""
+    path = os.path.join(directory, VALUES_FILE)
+    write_owned(path, json.dumps(list(values)).encode("utf-8"), directory)
+    return path

@@ -1,0 +1,307 @@
+"""email-capability with the real certbot CLI, the test CA and a private lab Postfix and Dovecot.
+
+Each issuance checks that the configuration files are byte-identical afterwards, that the real
+daemons serve again, and (Postfix and Dovecot backends) that a client looping on the affected
+listener during the whole run never saw a refused connection. The lab is private to this
+module because the tests change Postfix's and Dovecot's configuration.
+"""
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from certbot import errors, reverter
+from cryptography import x509
+
+from certbot_email.protocol import csr as csr_names
+from certbot_email.testing import runtime
+from certbot_email.testing.config import CAConfig
+from certbot_email_smtpext import capability_dovecot, capability_probe
+from certbot_email_smtpext.capability_state import ValidationState
+from tests.lab import HOST, MAIL_HOST, Lab
+from tests.lab.ports import PortReservation
+
+CERTBOT = str(Path(sys.executable).with_name("certbot"))
+IMPLICIT_TLS = ("submissions", "imaps", "pop3s")
+PATIENCE = 30.0
+
+
+@pytest.fixture(name="mail_lab", scope="module")
+def fixture_mail_lab() -> Iterator[Lab]:
+    missing = Lab.missing_requirements(dns=True, mail=True, dkim=False, pebble=False)
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"missing: {', '.join(missing)}")
+        pytest.skip(f"missing: {', '.join(missing)}")
+    lab = Lab().start(dns=True, mail=True, dkim=False, pebble=False)
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture(name="test_ca", scope="module")
+def fixture_test_ca(mail_lab: Lab, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[runtime.LaunchedCA]:
+    """The test CA, resolving names with the lab's BIND; it accepts the lab's ports."""
+    reservation = PortReservation()
+    port = reservation.allocate().acme
+    ca = runtime.launch(CAConfig(state_dir=tmp_path_factory.mktemp("ca"), port=port,
+                                 dns_server=HOST, dns_port=mail_lab.dns.port,
+                                 default_ports_only=False, retry_after_seconds=2))
+    try:
+        yield ca
+    finally:
+        ca.stop()
+        reservation.release()
+
+
+def config_files(lab: Lab) -> dict[Path, bytes]:
+    """Every file the backends may touch, by content."""
+    paths = [lab.postfix.etc / "main.cf", lab.postfix.etc / "master.cf", lab.dovecot.config_file]
+    return {path: path.read_bytes() for path in paths}
+
+
+def snippet(lab: Lab) -> Path:
+    return lab.dovecot.config_file.parent / capability_dovecot.SNIPPET_NAME
+
+
+def certbot_command(lab: Lab, ca: runtime.LaunchedCA, root: Path, service: str,
+                    *extra: str) -> list[str]:
+    port = getattr(lab.ports, service)
+    return [CERTBOT, "certonly", "-a", "email-capability", "-d", MAIL_HOST,
+            "--email-capability-service", service, "--email-capability-port", str(port),
+            "--email-capability-probe-address", HOST,
+            "--email-capability-postfix-config-dir", str(lab.postfix.etc),
+            "--email-capability-dovecot-config", str(lab.dovecot.config_file),
+            "--server", ca.directory_url, "--non-interactive", "--agree-tos",
+            "--register-unsafely-without-email", "--config-dir", str(root / "config"),
+            "--work-dir", str(root / "work"), "--logs-dir", str(root / "logs"), "-vv", *extra]
+
+
+def certbot_env(ca: runtime.LaunchedCA) -> dict[str, str]:
+    env = {key: val for key, val in os.environ.items() if not key.lower().endswith("_proxy")}
+    env["REQUESTS_CA_BUNDLE"] = ca.root_path
+    return env
+
+
+def run_certbot(lab: Lab, ca: runtime.LaunchedCA, root: Path, service: str,
+                *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(certbot_command(lab, ca, root, service, *extra), env=certbot_env(ca),
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def protocol_of(service: str) -> str:
+    return {"smtp": "smtp", "submission": "smtp", "submissions": "smtp", "imap": "imap",
+            "imaps": "imap", "pop3": "pop3", "pop3s": "pop3"}[service]
+
+
+def connect(port: int, implicit_tls: bool) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=5)
+    return capability_probe.unverified_tls().wrap_socket(sock) if implicit_tls else sock
+
+
+class ClientLoop:
+    """A client that connects and reads the greeting again and again, counting failures."""
+
+    def __init__(self, port: int, implicit_tls: bool) -> None:
+        self.port = port
+        self.implicit_tls = implicit_tls
+        self.greetings: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with connect(self.port, self.implicit_tls) as sock:
+                    line = sock.makefile("rb").readline(1000).decode("utf-8", "replace")
+                if not line:
+                    self.failures.append("closed before the greeting")
+                else:
+                    self.greetings.append(line)
+            except (OSError, ssl.SSLError) as error:
+                self.failures.append(f"{type(error).__name__}: {error}")
+
+    def __enter__(self) -> "ClientLoop":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *unused: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def values_shown(lab: Lab, service: str) -> list[str]:
+    return capability_probe.advertised_values(protocol_of(service), HOST,
+                                              getattr(lab.ports, service), service in IMPLICIT_TLS)
+
+
+def assert_restored(lab: Lab, before: dict[Path, bytes], service: str) -> None:
+    """Files byte-identical, no snippet left, and the real daemon answers without ACME."""
+    assert config_files(lab) == before
+    assert not snippet(lab).exists()
+    done, seen = capability_probe.wait_until(
+        protocol_of(service), HOST, getattr(lab.ports, service), service in IMPLICIT_TLS,
+        lambda values: values == [], PATIENCE)
+    assert done, seen
+    with connect(getattr(lab.ports, service), service in IMPLICIT_TLS) as sock:
+        greeting = sock.makefile("rb").readline(1000)
+    assert b"ESMTP Postfix" in greeting or b"Dovecot" in greeting, greeting
+
+
+def issued(root: Path) -> x509.Certificate:
+    pem = (root / "config" / "live" / MAIL_HOST / "cert.pem").read_bytes()
+    return x509.load_pem_x509_certificate(pem)
+
+
+def srv_names(certificate: x509.Certificate) -> list[str]:
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(csr_names.srv_names(san))
+
+
+@pytest.mark.parametrize("service", ["imap", "imaps", "smtp", "submission", "submissions"])
+def test_certificate_with_zero_refused_connections(mail_lab, test_ca, tmp_path, service):
+    before = config_files(mail_lab)
+    with ClientLoop(getattr(mail_lab.ports, service), service in IMPLICIT_TLS) as loop:
+        result = run_certbot(mail_lab, test_ca, tmp_path, service, "--email-capability-srv-names")
+    assert result.returncode == 0, result.stderr
+    assert loop.failures == []
+    assert any("ACME" in greeting or "ESMTP" in greeting for greeting in loop.greetings)
+    names = srv_names(issued(tmp_path))
+    assert names == ([] if service == "smtp" else [f"_{service}.{MAIL_HOST}"])
+    log = (tmp_path / "logs" / "letsencrypt.log").read_text()
+    assert f'"service": "{service}"' in log
+    assert f'"port": {getattr(mail_lab.ports, service)}' in log
+    assert_restored(mail_lab, before, service)
+
+
+@pytest.mark.parametrize("service", ["imaps", "submission"])
+def test_two_names_validated_at_once_see_both_values(mail_lab, test_ca, tmp_path, service):
+    before = config_files(mail_lab)
+    earlier = len(test_ca.ca.decisions)
+    second = f"imap.{mail_lab.domain}"
+    result = run_certbot(mail_lab, test_ca, tmp_path, service, "-d", second)
+    assert result.returncode == 0, result.stderr
+    san = issued(tmp_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == [second, MAIL_HOST]
+    valid = {decision.split(" VALID")[0].rsplit(" ", 1)[1]
+             for decision in test_ca.ca.decisions[earlier:]
+             if decision.startswith("capability-") and " VALID: " in decision}
+    assert valid == {MAIL_HOST, second}
+    assert_restored(mail_lab, before, service)
+
+
+@pytest.mark.parametrize("service", ["pop3", "pop3s"])
+def test_pop3_via_standalone_dovecot_listener_handover(mail_lab, test_ca, tmp_path, service):
+    before = config_files(mail_lab)
+    result = run_certbot(mail_lab, test_ca, tmp_path, service,
+                         "--email-capability-dovecot-listener", f"pop3-login/{service}",
+                         "--email-capability-listen-address", f"{HOST},::1")
+    assert result.returncode == 0, result.stderr
+    assert issued(tmp_path).subject is not None
+    assert "capability-pop-00" in (tmp_path / "logs" / "letsencrypt.log").read_text()
+    assert_restored(mail_lab, before, service)
+
+
+def test_a_listener_on_another_port_is_refused_before_any_change(mail_lab, test_ca, tmp_path):
+    before = config_files(mail_lab)
+    result = run_certbot(mail_lab, test_ca, tmp_path, "pop3",
+                         "--email-capability-dovecot-listener", "pop3-login/pop3s")
+    assert result.returncode != 0
+    assert (f"no inet_listener pop3s on port {mail_lab.ports.pop3} "
+            f"(its port: {mail_lab.ports.pop3s})") in result.stderr
+    assert_restored(mail_lab, before, "pop3s")
+
+
+def start_and_signal_during_validation(lab: Lab, ca: runtime.LaunchedCA, root: Path,
+                                       signum: int) -> None:
+    """certbot for submission, sent ``signum`` once EHLO shows a value; waits for it to end."""
+    process = subprocess.Popen(certbot_command(lab, ca, root, "submission"),
+                               env=certbot_env(ca), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        done, seen = capability_probe.wait_until(
+            "smtp", HOST, lab.ports.submission, False, bool, PATIENCE)
+        assert done, seen
+    finally:
+        process.send_signal(signum)
+        process.wait(PATIENCE)
+
+
+def test_sigterm_during_validation_restores_before_certbot_exits(mail_lab, test_ca, tmp_path):
+    before = config_files(mail_lab)
+    start_and_signal_during_validation(mail_lab, test_ca, tmp_path, signal.SIGTERM)
+    assert not (tmp_path / "work" / "email-capability" / "state.json").exists()
+    assert_restored(mail_lab, before, "submission")
+
+
+def test_run_killed_during_validation_is_repaired_by_the_next_run(mail_lab, test_ca, tmp_path):
+    before = config_files(mail_lab)
+    start_and_signal_during_validation(mail_lab, test_ca, tmp_path, signal.SIGKILL)
+    assert config_files(mail_lab) != before, "killed too late: the swap was already undone"
+    assert values_shown(mail_lab, "submission")
+    result = run_certbot(mail_lab, test_ca, tmp_path, "imap")
+    assert result.returncode == 0, result.stderr
+    assert "Restoring the mail server after an interrupted" in result.stderr
+    assert_restored(mail_lab, before, "submission")
+    assert_restored(mail_lab, before, "imap")
+
+
+def dovecot_reloads(lab: Lab) -> int:
+    return (lab.dovecot.dir / "dovecot.log").read_text(errors="replace").count("reloading")
+
+
+def plugin_config(root: Path) -> types.SimpleNamespace:
+    """The parts of certbot's NamespaceConfig the reverter reads."""
+    work = root / "work"
+    return types.SimpleNamespace(
+        backup_dir=str(work / "backups"), temp_checkpoint_dir=str(work / "temp_checkpoint"),
+        in_progress_dir=str(work / "backups" / "IN_PROGRESS"), strict_permissions=False)
+
+
+def test_broken_snippet_is_refused_before_it_reaches_dovecot(mail_lab, tmp_path):
+    before = config_files(mail_lab)
+    reloads = dovecot_reloads(mail_lab)
+    target = capability_dovecot.DovecotSnippet(str(mail_lab.dovecot.config_file))
+    state = ValidationState(str(tmp_path / "state"),
+                            reverter.Reverter(plugin_config(tmp_path)))  # type: ignore[arg-type]
+    target.begin(state)
+    with pytest.raises(errors.PluginError, match="Dovecot refuses the snippet"):
+        target.install(state, "protocol imap {\n  imap_capability_bogus = +ACME=x\n}\n")
+    assert dovecot_reloads(mail_lab) == reloads
+    assert state.restore() == []
+    assert state.restore() == []
+    assert_restored(mail_lab, before, "imap")
+
+
+def test_overriding_capability_names_the_cause(mail_lab, test_ca, tmp_path):
+    before = config_files(mail_lab)
+    override = mail_lab.dovecot.config_file.parent / "local-override.conf"
+    override.write_text("protocol imap {\n  imap_capability = +XTEST\n}\n")
+    snippet_path = tmp_path / "early-snippet.conf"
+    included = before[mail_lab.dovecot.config_file] + (
+        f"!include_try {snippet_path}\n!include_try {override}\n".encode())
+    mail_lab.dovecot.config_file.write_bytes(included)
+    try:
+        result = run_certbot(mail_lab, test_ca, tmp_path, "imap",
+                             "--email-capability-dovecot-snippet", str(snippet_path))
+        assert result.returncode != 0
+        assert "read after it (local.conf?) wins" in result.stderr
+        assert mail_lab.dovecot.config_file.read_bytes() == included
+        assert not snippet_path.exists()
+    finally:
+        mail_lab.dovecot.config_file.write_bytes(before[mail_lab.dovecot.config_file])
+        override.unlink()
+        subprocess.run(["doveadm", "-c", str(mail_lab.dovecot.config_file), "reload"],
+                       check=True)
+    assert_restored(mail_lab, before, "imap")
+

@@ -1,0 +1,268 @@
+"""email-capability without mail servers: config text, master.cf entries, the state record,
+the spawn pre-test, and the plugin's perform/cleanup over the standalone backend on loopback."""
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from acme import messages
+from certbot import achallenges, errors, reverter
+from certbot.configuration import NamespaceConfig
+
+from certbot_email import certbot_compat
+from certbot_email.protocol.challenges import CapabilityPOP00, CapabilitySMTP00
+from certbot_email_smtpext import capability_dovecot as dovecot_backend
+from certbot_email_smtpext import capability_postfix as postfix_backend
+from certbot_email_smtpext import capability_probe, capability_state
+from certbot_email_smtpext.capability_plugin import Authenticator
+from certbot_email_smtpext.postfix import MasterService
+from tests.unit.vectors import RFC7638_KEY
+
+VALUE = "ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
+TOKEN = b"evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+
+
+# -- Dovecot text -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("current, expected", [
+    ("", "+ACME=a ACME=b"),
+    ("+XTEST", "+XTEST ACME=a ACME=b"),
+    ("IMAP4rev1 IDLE", "IMAP4rev1 IDLE ACME=a ACME=b"),
+])
+def test_imap_capability_keeps_what_is_in_force(current, expected):
+    assert dovecot_backend.imap_capability_value(current, ["ACME=a", "ACME=b"]) == expected
+
+
+def test_imap_snippet_sits_inside_protocol_imap_and_uses_the_2_4_boollist():
+    old = dovecot_backend.imap_snippet((2, 3, 19), "", [VALUE])
+    assert f"protocol imap {{\n  imap_capability = +ACME={VALUE}\n}}\n" in old
+    new = dovecot_backend.imap_snippet((2, 4, 1), "+XTEST", [VALUE])
+    assert f'  imap_capability {{\n    "ACME={VALUE}" = yes\n  }}\n' in new
+    assert "XTEST" not in new
+
+
+def test_listener_is_named_service_slash_listener():
+    assert dovecot_backend.parse_listener("pop3-login/pop3") == ("pop3-login", "pop3")
+    assert "inet_listener pop3s {\n    port = 0\n" in dovecot_backend.listener_off_snippet(
+        "pop3-login", "pop3s")
+    for bad in ("pop3", "pop3-login/", "a b/c", "x/y\n}"):
+        with pytest.raises(errors.MisconfigurationError, match="SERVICE/LISTENER"):
+            dovecot_backend.parse_listener(bad)
+
+
+# -- Postfix master.cf ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint, port", [("25", 25), ("smtp", 25), ("submission", 587),
+                                            ("127.0.0.1:2525", 2525), ("[::1]:10025", 10025),
+                                            ("no-such-service", None)])
+def test_endpoint_port(endpoint, port):
+    assert postfix_backend.endpoint_port(endpoint) == port
+
+
+def test_find_service_wants_exactly_one_inet_service_on_the_port():
+    services = [MasterService("smtp", "inet", "postscreen", {}),
+                MasterService("smtpd", "pass", "smtpd", {}),
+                MasterService("submission", "inet", "smtpd", {})]
+    assert postfix_backend.find_service(services, 25).command == "postscreen"
+    with pytest.raises(errors.PluginError, match="port 465 to swap .found: none"):
+        postfix_backend.find_service(services, 465)
+    twice = [*services, MasterService("127.0.0.1:smtp", "inet", "smtpd", {})]
+    with pytest.raises(errors.PluginError, match="found: smtp/inet, 127.0.0.1:smtp/inet"):
+        postfix_backend.find_service(twice, 25)
+
+
+def test_spawn_entry_keeps_endpoint_and_limits_and_runs_spawn_unprivileged():
+    fields = "submission inet n - y - 50 smtpd -o syslog_name=postfix/submission".split()
+    entry = postfix_backend.spawn_entry(fields, "nobody", ["/usr/bin/python3", "-I", "/r.py"])
+    assert entry == ("submission/inet = submission inet n n n - 50 spawn user=nobody "
+                     "argv=/usr/bin/python3 -I /r.py")
+    with pytest.raises(errors.PluginError, match="white space"):
+        postfix_backend.spawn_entry(fields, "nobody", ["/opt/my python/bin/python3"])
+    postscreen = "smtp inet n - y - 1 postscreen".split()
+    assert postfix_backend.spawn_entry(postscreen, "nobody", ["/p"]) == (
+        "smtp/inet = smtp inet n n n - - spawn user=nobody argv=/p")
+
+
+def test_responder_argv_names_the_copy_and_implicit_tls():
+    argv = postfix_backend.responder_argv("/usr/bin/python3", "/run/x", "mail.example.test",
+                                          "/run/x/values.json", "/run/x/c", "/run/x/k", True)
+    assert argv[:3] == ["/usr/bin/python3", "-I", "/run/x/responder.py"]
+    assert argv[-1] == "--implicit-tls" and "--values-file" in argv
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs the responder as nobody")
+
+
+@needs_root
+@pytest.mark.parametrize("implicit_tls", [False, True])
+def test_pretest_runs_the_spawn_command_as_the_spawn_user(tmp_path, implicit_tls):
+    runtime_dir = capability_state.make_runtime_dir("nobody")
+    try:
+        swap = postfix_backend.PostfixSwap(str(tmp_path), 25, implicit_tls,
+                                           python="/usr/bin/python3")
+        with open(postfix_backend.capability_responder.__file__, "rb") as source:
+            capability_state.write_owned(os.path.join(runtime_dir, "responder.py"),
+                                         source.read(), runtime_dir)
+        values = capability_state.write_values(runtime_dir, [VALUE])
+        cert, key = capability_state.write_throwaway_certificate(runtime_dir, "h")
+        argv = postfix_backend.responder_argv(swap.pythons[0], runtime_dir, "h", values,
+                                              cert, key, implicit_tls)
+        assert postfix_backend.pretest(argv, "nobody", implicit_tls, [VALUE]) is None
+        assert "not ['other']" in str(postfix_backend.pretest(argv, "nobody", implicit_tls,
+                                                              ["other"]))
+        unreadable = [sys.executable, *argv[1:]] if "/root/" in os.path.realpath(
+            sys.executable) else ["/nonexistent/python3", *argv[1:]]
+        assert postfix_backend.pretest(unreadable, "nobody", implicit_tls, [VALUE]) is not None
+    finally:
+        capability_state.shutil.rmtree(runtime_dir)
+
+
+# -- the state record -------------------------------------------------------------------------
+
+def certbot_config(tmp_path: Path, **options: object) -> NamespaceConfig:
+    values = {"service": "pop3", "port": None, "backend": "auto",
+              "postfix_config_dir": "/etc/postfix", "dovecot_config": "/etc/dovecot/dovecot.conf",
+              "dovecot_snippet": None, "spawn_user": "nobody", "spawn_python": None,
+              "dovecot_listener": None, "stop_command": None, "start_command": None,
+              "listen_address": "127.0.0.1", "probe_address": "127.0.0.1", "probe_timeout": 5.0,
+              "state_dir": None, "srv_names": False}
+    values.update(options)
+    namespace = argparse.Namespace(
+        config_dir=str(tmp_path / "config"), work_dir=str(tmp_path / "work"),
+        logs_dir=str(tmp_path / "logs"), server="https://ca.test/dir", strict_permissions=False,
+        http01_port=80, https_port=443, domains=["mail.example.test"],
+        **{f"email_capability_{key}": value for key, value in values.items()})
+    return NamespaceConfig(namespace)
+
+
+def make_state(tmp_path: Path) -> capability_state.ValidationState:
+    return capability_state.ValidationState(str(tmp_path / "state"),
+                                            reverter.Reverter(certbot_config(tmp_path)))
+
+
+def test_restore_puts_bytes_back_removes_created_files_then_runs_the_commands(tmp_path):
+    state = make_state(tmp_path)
+    edited, created, marker = tmp_path / "main.conf", tmp_path / "snippet.conf", tmp_path / "ran"
+    edited.write_bytes(b"original\r\n no newline at end")
+    runtime_dir = tmp_path / "runtime"
+    runtime_dir.mkdir()
+    state.begin("test", [["/bin/sh", "-c", f"cat {edited} > {marker}"]], str(runtime_dir))
+    record = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert record["backend"] == "test" and record["pid"] == os.getpid()
+    state.protect(str(edited))
+    state.protect(str(created))
+    edited.write_bytes(b"changed")
+    created.write_text("ours")
+    with pytest.raises(errors.PluginError, match="was not restored"):
+        state.begin("again", [])
+    assert state.restore() == []
+    assert edited.read_bytes() == b"original\r\n no newline at end"
+    assert marker.read_bytes() == edited.read_bytes()  # the reload saw the restored file
+    assert not created.exists()
+    assert runtime_dir.exists() and state.pending() is not None
+    state.finish()
+    assert not runtime_dir.exists() and state.pending() is None
+    assert state.restore() == [] and state.finish() is None
+
+
+def test_a_failing_restore_command_keeps_the_record(tmp_path):
+    state = make_state(tmp_path)
+    state.begin("test", [["/bin/sh", "-c", "echo nope >&2; exit 3"]])
+    assert state.restore() == ["`/bin/sh -c echo nope >&2; exit 3` exited 3: nope"]
+    assert state.pending() is not None
+
+
+# -- the plugin -------------------------------------------------------------------------------
+
+def make_plugin(tmp_path: Path, **options: object) -> Authenticator:
+    return Authenticator(certbot_config(tmp_path, **options), "email-capability")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"service": None}, "name the service to prove"),
+    ({"service": "smtps"}, "'smtps'"),
+    ({"service": "imap", "backend": "postfix"}, "cannot serve imap .imap.; use dovecot"),
+    ({"backend": "exim"}, "expected one of auto, dovecot, postfix, standalone"),
+    ({"stop_command": "true"}, "go together"),
+    ({"dovecot_listener": "pop3-login/pop3", "stop_command": "true", "start_command": "true"},
+     "either"),
+])
+def test_prepare_refuses_bad_options_naming_them(tmp_path, options, message):
+    with pytest.raises(errors.MisconfigurationError, match=message):
+        make_plugin(tmp_path, **options).prepare()
+
+
+def test_prepare_asks_for_srv_names_except_for_smtp(tmp_path):
+    make_plugin(tmp_path, service="pop3s", srv_names=True).prepare()
+    assert certbot_compat.csr_profile.srv_names == [("pop3s", "mail.example.test")]
+    certbot_compat.csr_profile.srv_names = []
+    make_plugin(tmp_path, service="smtp", srv_names=True).prepare()
+    assert certbot_compat.csr_profile.srv_names == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_achall(chall: object) -> achallenges.KeyAuthorizationAnnotatedChallenge:
+    body = messages.ChallengeBody(chall=chall, uri="https://ca.test/chall/1",
+                                  status=messages.STATUS_PENDING)
+    return achallenges.KeyAuthorizationAnnotatedChallenge(
+        challb=body, account_key=RFC7638_KEY,
+        identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="mail.example.test"))
+
+
+@needs_root
+def test_standalone_perform_advertises_then_cleanup_frees_the_port_twice_safely(tmp_path):
+    port = free_port()
+    plugin = make_plugin(tmp_path, port=port)
+    plugin.prepare()
+    assert plugin.get_chall_pref("mail.example.test") == [CapabilityPOP00]
+    achall = make_achall(CapabilityPOP00(token=TOKEN))
+    [response] = plugin.perform([achall])
+    assert response.to_partial_json() == {"service": "pop3", "port": port}
+    expected = achall.validation(achall.account_key)
+    assert capability_probe.advertised_values("pop3", "127.0.0.1", port, False) == [expected]
+    state_file = tmp_path / "work" / "email-capability" / "state.json"
+    assert state_file.exists()
+    plugin.cleanup([achall])
+    plugin.cleanup([achall])
+    assert not state_file.exists()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+@needs_root
+def test_prepare_repairs_an_interrupted_run(tmp_path):
+    marker = tmp_path / "started"
+    state = capability_state.ValidationState(str(tmp_path / "work" / "email-capability"),
+                                             reverter.Reverter(certbot_config(tmp_path)))
+    state.begin("standalone", [["/bin/sh", "-c", f"touch {marker}"]])
+    plugin = make_plugin(tmp_path, service="submission")
+    plugin.prepare()
+    assert marker.exists() and state.pending() is None
+    assert plugin.get_chall_pref("mail.example.test") == [CapabilitySMTP00]
+
+
+@needs_root
+def test_standalone_stop_and_start_commands_bracket_the_responder(tmp_path):
+    port, log = free_port(), tmp_path / "commands.log"
+    plugin = make_plugin(tmp_path, port=port, probe_timeout=0.2,
+                         stop_command=f"echo stop >> {log}", start_command=f"echo start >> {log}")
+    plugin.prepare()
+    achall = make_achall(CapabilityPOP00(token=TOKEN))
+    plugin.perform([achall])
+    assert log.read_text() == "stop\n"
+    with pytest.raises(errors.PluginError, match=f"pop3 on 127.0.0.1 port {port} .for mail."
+                                                 "example.test. did not serve again"):
+        plugin.cleanup([achall])  # the start command here starts no real server
+    assert log.read_text() == "stop\nstart\n"
+    state = capability_state.ValidationState(str(tmp_path / "work" / "email-capability"),
+                                             reverter.Reverter(certbot_config(tmp_path)))
+    assert state.pending() is not None  # kept: the next run retries the restore
+    state.finish()
