@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 _KEY_PEM = re.compile(rb"-----BEGIN ([A-Z ]*PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
@@ -57,6 +58,15 @@ def _pem_kinds(path: str) -> tuple[bool, bool]:
     return _KEY_PEM.search(data) is not None, _CERT_PEM in data
 
 
+def read_text(path: str) -> str | None:
+    """A config file's text, or None when it does not exist (we are about to create it)."""
+    try:
+        with open(path, encoding="utf-8") as text_file:
+            return text_file.read()
+    except FileNotFoundError:
+        return None
+
+
 def read_chain(path: str) -> list[x509.Certificate]:
     """The certificates of a PEM file, in file order."""
     with open(path, "rb") as pem_file:
@@ -77,13 +87,28 @@ def leaf_certificate(pair: KeyAndChain) -> x509.Certificate:
     return read_chain(pair.chain_file)[0]
 
 
-def covers(cert: x509.Certificate, host_names: Iterable[str]) -> bool:
-    """Whether a DNS SAN of the certificate matches one of the names (`*.` matches one label)."""
+def key_algorithm(cert: x509.Certificate) -> str:
+    """"RSA", "EC" or another key type's name: a daemon serves one certificate per type."""
+    public_key = cert.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "EC"
+    return type(public_key).__name__
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names of the certificate's SAN extension, lower case, in certificate order."""
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return False
-    patterns = [san.lower() for san in sans.get_values_for_type(x509.DNSName)]
+        return []
+    return [name.lower() for name in sans.get_values_for_type(x509.DNSName)]
+
+
+def covers(cert: x509.Certificate, host_names: Iterable[str]) -> bool:
+    """Whether a DNS SAN of the certificate matches one of the names (`*.` matches one label)."""
+    patterns = dns_names(cert)
     for name in (host_name.lower().rstrip(".") for host_name in host_names):
         wildcard = "*." + name.split(".", 1)[-1]
         if name in patterns or ("." in name and wildcard in patterns):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from certbot import errors
 
-from certbot_email_smtpext.checks import KeyAndChain
+from certbot_email_smtpext.checks import KeyAndChain, read_text
 from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,17 @@ class SettingNames:
     cert: str
     key: str
     file_prefix: str
+    alt_cert: str = "ssl_alt_cert"
+    alt_key: str = "ssl_alt_key"
+
+
+@dataclasses.dataclass
+class Dropin:
+    """What our drop-in sets: default pairs (a second one of another key type), SNI names' pairs."""
+
+    default: tuple[KeyAndChain, ...] = ()
+    local_names: dict[str, tuple[KeyAndChain, ...]] = dataclasses.field(default_factory=dict)
+    enable_ssl: bool = False
 
 
 def parse_version(version_output: str) -> tuple[int, ...]:
@@ -60,7 +71,8 @@ def parse_version(version_output: str) -> tuple[int, ...]:
 def setting_names(version: tuple[int, ...]) -> SettingNames:
     """ssl_cert = </path on 2.3, ssl_server_cert_file = /path on 2.4 and later."""
     if version >= RENAMED_SINCE:
-        return SettingNames("ssl_server_cert_file", "ssl_server_key_file", "")
+        return SettingNames("ssl_server_cert_file", "ssl_server_key_file", "",
+                            "ssl_server_alt_cert_file", "ssl_server_alt_key_file")
     return SettingNames("ssl_cert", "ssl_key", "<")
 
 
@@ -87,16 +99,47 @@ def parse_config(doveconf_output: str) -> ConfigBlock:
 
 def dropin_text(names: SettingNames, key_path: str, fullchain_path: str, enable_ssl: bool) -> str:
     """The drop-in file: the certificate and key, and ssl = yes if TLS was off."""
-    for path in (key_path, fullchain_path):
-        if "\n" in path or path != path.strip():
-            raise errors.PluginError(f"Dovecot cannot read a file named {path!r}: rename the "
-                                     "certbot config directory")
-    lines = ["# Written by certbot-email (certbot installer); certbot rollback removes it.",
-             f"{names.cert} = {names.file_prefix}{fullchain_path}",
-             f"{names.key} = {names.file_prefix}{key_path}"]
-    if enable_ssl:
+    return render_dropin(names, Dropin((KeyAndChain(key_path, fullchain_path),), {}, enable_ssl))
+
+
+def render_dropin(names: SettingNames, dropin: Dropin) -> str:
+    """The drop-in: default pairs, a `local_name` block per SNI name, ssl = yes if it was off."""
+    lines = ["# Written by certbot-email (certbot installer); certbot rollback removes it."]
+    lines += _pair_lines(names, dropin.default, "")
+    for name, pairs in sorted(dropin.local_names.items()):
+        if not re.fullmatch(r"[A-Za-z0-9*][A-Za-z0-9.*-]*", name):
+            raise errors.PluginError(f"Dovecot cannot take {name!r} as a local_name: use the "
+                                     "certificate's DNS names (IDNA A-labels)")
+        lines += [f"local_name {name} {{", *_pair_lines(names, pairs, "  "), "}"]
+    if dropin.enable_ssl:
         lines.append(_SSL_ON)
     return "\n".join(lines) + "\n"
+
+
+def _pair_lines(names: SettingNames, pairs: Sequence[KeyAndChain], indent: str) -> list[str]:
+    """cert/key settings for the first pair, alt_cert/alt_key for a second of another key type."""
+    if len(pairs) > 2:
+        raise errors.PluginError(f"Dovecot serves at most two certificates per name (ssl_cert and "
+                                 f"ssl_alt_cert), not {len(pairs)}: name one alternate lineage")
+    settings = zip(((names.cert, names.key), (names.alt_cert, names.alt_key)), pairs, strict=False)
+    lines = []
+    for (cert_setting, key_setting), pair in settings:
+        for path in (pair.key_file, pair.chain_file):
+            if "\n" in path or path != path.strip():
+                raise errors.PluginError(f"Dovecot cannot read a file named {path!r}: rename the "
+                                         "certbot config directory")
+        lines += [f"{indent}{cert_setting} = {names.file_prefix}{pair.chain_file}",
+                  f"{indent}{key_setting} = {names.file_prefix}{pair.key_file}"]
+    return lines
+
+
+def parse_dropin(text: str, names: SettingNames) -> Dropin:
+    """Read our own drop-in back, so a deploy for one name keeps the others' settings."""
+    config = parse_config(text)
+    local_names = {block.name: credentials(block.settings, names) for block in config.blocks
+                   if block.kind == "local_name"}
+    return Dropin(credentials(config.settings, names), local_names,
+                  config.settings.get("ssl") == "yes")
 
 
 def turns_ssl_on(ssl_setting: str, current_dropin: str | None) -> bool:
@@ -113,16 +156,24 @@ def includes(config_text: str, dropin_path: str) -> bool:
 
 
 def credentials(settings: Mapping[str, str], names: SettingNames) -> tuple[KeyAndChain, ...]:
-    """The global key and chain files; none when the certificate is inline PEM or unset."""
-    cert, key = settings.get(names.cert, ""), settings.get(names.key, "")
+    """The key and chain files, then the alt ones; none when inline PEM or unset."""
     prefix = names.file_prefix
-    if not all(value and value.startswith(prefix) for value in (cert, key)):
-        return ()
-    return (KeyAndChain(key[len(prefix):], cert[len(prefix):]),)
+    pairs = []
+    for cert_setting, key_setting in ((names.cert, names.key), (names.alt_cert, names.alt_key)):
+        cert, key = settings.get(cert_setting, ""), settings.get(key_setting, "")
+        if not all(value and value.startswith(prefix) for value in (cert, key)):
+            break
+        pairs.append(KeyAndChain(key[len(prefix):], cert[len(prefix):]))
+    return tuple(pairs)
 
 
-def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain]) -> list[TlsListener]:
-    """inet listeners of enabled protocols with ssl = yes (implicit) or a STARTTLS-capable login."""
+def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain],
+                  local_names: Mapping[str, tuple[KeyAndChain, ...]] | None = None,
+                  ) -> list[TlsListener]:
+    """inet listeners of enabled protocols with ssl = yes (implicit) or a STARTTLS-capable login.
+
+    local_names: SNI name -> pairs (local_name blocks); each listener is also listed per name.
+    """
     settings = config.settings
     if settings.get("ssl", "yes") == "no":
         return []
@@ -144,9 +195,12 @@ def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain]) -> list[Tls
             else:
                 continue
             address = re.split(r"[\s,]+", listener.settings.get("address", "").strip())[0]
-            listeners.append(TlsListener("dovecot", f"{service.name}/{listener.name}",
-                                         connect_address(address or default_host), int(port),
-                                         start, tuple(pairs)))
+            default = TlsListener("dovecot", f"{service.name}/{listener.name}",
+                                  connect_address(address or default_host), int(port), start,
+                                  tuple(pairs))
+            listeners.append(default)
+            listeners += [default.for_server_name(name, named_pairs)
+                          for name, named_pairs in sorted((local_names or {}).items())]
     return listeners
 
 
@@ -179,40 +233,60 @@ class Dovecot:
         return setting_names(parse_version(self._run(["dovecot", "--version"])))
 
     def names(self) -> set[str]:
-        """The hostname setting, the name a certificate for this server should carry."""
+        """The hostname setting, the name the default certificate should carry."""
         hostname = self._doveconf("-h", "hostname").strip()
         return {hostname} if hostname else set()
 
     def deploy(self, key_path: str, fullchain_path: str,
-               before_edit: Callable[[str], None], created: Callable[[str], None]) -> list[str]:
-        """Write our drop-in and include it from dovecot.conf once; return what changed."""
+               before_edit: Callable[[str], None], created: Callable[[str], None],
+               server_names: Sequence[str] = (),
+               alternates: Sequence[KeyAndChain] = ()) -> list[str]:
+        """Write our drop-in and include it from dovecot.conf once; return what changed.
+
+        Without server_names the pairs become the default; with them, local_name blocks.
+        """
         names = self.setting_names()
-        current = _read_text(self.dropin)
-        ssl_setting = self._doveconf("-h", "ssl").strip()
-        text = dropin_text(names, key_path, fullchain_path, turns_ssl_on(ssl_setting, current))
+        current = read_text(self.dropin)
+        dropin = parse_dropin(current or "", names)
+        dropin.enable_ssl = turns_ssl_on(self._doveconf("-h", "ssl").strip(), current)
+        pairs = (KeyAndChain(key_path, fullchain_path), *alternates)
+        if server_names:
+            dropin.local_names.update({name.lower(): pairs for name in server_names})
+        else:
+            dropin.default = pairs
+        text = render_dropin(names, dropin)
         changes = []
         if current != text:
             if current is None:
                 created(self.dropin)
             else:
                 before_edit(self.dropin)
-            with open(self.dropin, "w", encoding="utf-8") as dropin:
-                dropin.write(text)
-            changes.append(f"{self.dropin}: {names.cert} and {names.key}")
-        config_text = _read_text(self.config_file) or ""
+            with open(self.dropin, "w", encoding="utf-8") as dropin_file:
+                dropin_file.write(text)
+            what = f"local_name {', '.join(server_names)}" if server_names else names.cert
+            changes.append(f"{self.dropin}: {what} -> {fullchain_path}")
+        config_text = read_text(self.config_file) or ""
         if not includes(config_text, self.dropin):
             before_edit(self.config_file)
             with open(self.config_file, "a", encoding="utf-8") as config:
                 config.write(("" if config_text.endswith("\n") else "\n")
                              + f"!include_try {self.dropin}\n")
             changes.append(f"{self.config_file}: !include_try {self.dropin}")
-        effective = self._doveconf("-h", names.cert).strip()
-        if effective != f"{names.file_prefix}{fullchain_path}":
-            raise errors.PluginError(
-                f"{self.config_file} still sets {names.cert} = {effective} after our drop-in "
-                f"{self.dropin}: a later setting overrides it; move the !include_try line to "
-                "the end")
+        scopes: list[str | None] = [*server_names] or [None]
+        for name in scopes:
+            effective = self._setting(names.cert, name)
+            if effective != f"{names.file_prefix}{fullchain_path}":
+                where = f"local_name {name} {{ {names.cert} }}" if name else names.cert
+                raise errors.PluginError(
+                    f"{self.config_file} still sets {where} = {effective} after our drop-in "
+                    f"{self.dropin}: a later setting overrides it; move the !include_try line "
+                    "to the end")
         return changes
+
+    def _setting(self, setting: str, local_name: str | None = None) -> str:
+        """One setting's value, for connections that ask for local_name by SNI when given."""
+        scope = ("-f", f"lname={local_name}") if local_name else ()
+        return self._doveconf(*scope, "-h", setting).strip()
 
     def config_test(self) -> None:
         """doveconf -x: unlike -n it opens every `<file`, so a missing certificate fails here."""
@@ -221,9 +295,18 @@ class Dovecot:
     def tls_listeners(self) -> list[TlsListener]:
         """The listeners whose served certificate we verify after a reload."""
         names = self.setting_names()
-        # plain doveconf hides the key setting ("# hidden, use -P"); -h shows a path, no secret
-        files = {name: self._doveconf("-h", name).strip() for name in (names.cert, names.key)}
-        return tls_listeners(parse_config(self._doveconf()), credentials(files, names))
+        config = parse_config(self._doveconf())
+        local_names = {block.name: self._credentials(names, block.name)
+                       for block in config.blocks if block.kind == "local_name"}
+        return tls_listeners(config, self._credentials(names), local_names)
+
+    def _credentials(self, names: SettingNames,
+                     local_name: str | None = None) -> tuple[KeyAndChain, ...]:
+        """The pairs served by default, or to clients asking for local_name."""
+        # plain doveconf hides the key settings ("# hidden, use -P"); -h shows a path, no secret
+        settings = (names.cert, names.key, names.alt_cert, names.alt_key)
+        return credentials({setting: self._setting(setting, local_name) for setting in settings},
+                           names)
 
     def reload(self) -> None:
         """doveadm reload when the master runs, dovecot (start) when it does not."""
@@ -233,14 +316,6 @@ class Dovecot:
         else:
             self._run(["dovecot", "-c", self.config_file])
 
-
-def _read_text(path: str) -> str | None:
-    """A config file's text, or None when it does not exist."""
-    try:
-        with open(path, encoding="utf-8") as config:
-            return config.read()
-    except FileNotFoundError:
-        return None
 
 
 def _master_alive(pid_file: str) -> bool:

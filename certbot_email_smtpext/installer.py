@@ -12,7 +12,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from certbot import errors, util
@@ -20,12 +20,14 @@ from certbot.plugins import common
 from certbot.plugins import util as plugin_util
 from cryptography import x509
 
-from certbot_email_smtpext import tls_probe
+from certbot_email_smtpext import dane, tls_probe
 from certbot_email_smtpext.checks import (
     KeyAndChain,
     check_pair,
     covers,
     describe,
+    dns_names,
+    key_algorithm,
     leaf_certificate,
 )
 from certbot_email_smtpext.dovecot import DEFAULT_CONFIG, Dovecot
@@ -39,6 +41,15 @@ VERIFY_SECONDS = 15.0
 _POLL_SECONDS = 0.2
 _RELOAD_ONLY_HELP = ("Touch no config file: deploy and renewal only check the configured "
                      "certificate files, reload and verify what is served.")
+_ALT_CERT_NAME_HELP = ("A second lineage (certbot --cert-name) with another key type, e.g. RSA "
+                       "beside ECDSA: served beside this one, and re-read on every reload.")
+_DANE_HELP = ("What to do when TLSA records (usage 3) pin a key the new certificate does not "
+              "have: warn, refuse (no edit, no reload), or off (no TLSA lookups).")
+_DANE_RESOLVER_HELP = ("The DNS server (IP, IP:port or [IPv6]:port) asked for TLSA records; "
+                       "default: the system resolver.")
+DANE_MODES = ("warn", "refuse", "off")
+#: A probe: a listener, and the key type the client restricts itself to (None: any).
+Probe = tuple[TlsListener, str | None]
 
 
 class MailDaemon(Protocol):
@@ -52,8 +63,9 @@ class MailDaemon(Protocol):
         """Host names the daemon's config declares."""
 
     def deploy(self, key_path: str, fullchain_path: str, before_edit: Callable[[str], None],
-               created: Callable[[str], None]) -> list[str]:
-        """Point the config at the key and chain; return a line per change."""
+               created: Callable[[str], None], server_names: Sequence[str] = (),
+               alternates: Sequence[KeyAndChain] = ()) -> list[str]:
+        """Point the config (for server_names: SNI) at the pairs; return a line per change."""
 
     def config_test(self) -> None:
         """Raise PluginError when the daemon's own config test fails."""
@@ -72,6 +84,7 @@ class MailInstaller(common.Installer):
         super().__init__(*args, **kwargs)
         self.daemons = self._make_daemons()
         self._deployed: KeyAndChain | None = None  # certbot calls deploy_cert once per name
+        self._dane_warned: set[str] = set()  # deploy_cert and restart judge the same pins
 
     @abc.abstractmethod
     def _make_daemons(self) -> list[MailDaemon]:
@@ -79,8 +92,11 @@ class MailInstaller(common.Installer):
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None]) -> None:
-        """--<name>-reload-only, shared by every installer here."""
+        """--<name>-reload-only, -alt-cert-name, -dane and -dane-resolver: every installer's."""
         add("reload-only", action="store_true", default=False, help=_RELOAD_ONLY_HELP)
+        add("alt-cert-name", default=None, metavar="CERT_NAME", help=_ALT_CERT_NAME_HELP)
+        add("dane", default="warn", choices=DANE_MODES, help=_DANE_HELP)
+        add("dane-resolver", default=None, metavar="ADDRESS", help=_DANE_RESOLVER_HELP)
 
     def _reload_only(self) -> bool:
         """Whether this run must leave every config file alone."""
@@ -112,12 +128,18 @@ class MailInstaller(common.Installer):
                 "on failure.")
 
     def get_all_names(self) -> set[str]:
-        """The host names the daemons' configs declare, for certbot's name prompt."""
-        return util.get_filtered_names({name for daemon in self.daemons for name in daemon.names()})
+        """The daemons' host names and SNI names, for certbot's name prompt."""
+        names = {name for daemon in self.daemons for name in daemon.names()}
+        names |= {listener.server_name for listener in self._listeners() if listener.server_name}
+        return util.get_filtered_names(names)
 
     def deploy_cert(self, domain: str, cert_path: str, key_path: str,
                     chain_path: str | None = None, fullchain_path: str | None = None) -> None:
-        """Check the lineage's files, then (unless reload-only) point every daemon at them."""
+        """Check the lineage's files, then (unless reload-only) point every daemon at them.
+
+        A daemon whose own names the certificate does not cover keeps its default certificate
+        and gets this one for the certificate's names, by SNI.
+        """
         del domain, cert_path, chain_path  # one certificate for the whole server; fullchain has all
         if fullchain_path is None:
             raise errors.PluginError("the mail installers need the full chain: use a certbot "
@@ -125,18 +147,68 @@ class MailInstaller(common.Installer):
         lineage = KeyAndChain(key_path, fullchain_path)
         if lineage == self._deployed:
             return
-        problems = check_pair(lineage, _now())
+        alternates = self._alternates(lineage)
+        problems = [problem for pair in (lineage, *alternates)
+                    for problem in check_pair(pair, _now())]
         if problems:
             raise errors.PluginError(f"not deploying {fullchain_path}: " + "; ".join(problems))
-        self._warn_unless_covered(leaf_certificate(lineage))
+        self._refuse_one_key_type_twice(lineage, alternates)
+        leaves = {leaf_certificate(pair) for pair in (lineage, *alternates)}
+        leaf = leaf_certificate(lineage)
+        server_names = {daemon.name: self._server_names(daemon, leaf) for daemon in self.daemons}
+        self._judge_dane(self._planned_owners(server_names, leaf, leaves))
         if self._reload_only():
             self._warn_unless_configured(lineage)
             self._deployed = lineage
             return
         for daemon in self.daemons:
-            for change in daemon.deploy(key_path, fullchain_path, self._before_edit, self._created):
+            for change in daemon.deploy(key_path, fullchain_path, self._before_edit, self._created,
+                                        server_names[daemon.name], alternates):
                 logger.info("%s: %s", daemon.name, change)
         self._deployed = lineage
+
+    def _alternates(self, lineage: KeyAndChain) -> tuple[KeyAndChain, ...]:
+        """The --<name>-alt-cert-name lineage's pair, served beside lineage's; () without one."""
+        cert_name = self.conf("alt-cert-name")
+        if not cert_name:
+            return ()
+        live = os.path.join(self.config.config_dir, "live", cert_name)
+        pair = KeyAndChain(os.path.join(live, "privkey.pem"), os.path.join(live, "fullchain.pem"))
+        if not os.path.isfile(pair.chain_file):
+            raise errors.PluginError(
+                f"--{self.name}-alt-cert-name {cert_name}: there is no lineage {live}; obtain it "
+                f"first (certbot certonly --key-type rsa --cert-name {cert_name} -d ...) or drop "
+                "the option")
+        if os.path.realpath(pair.chain_file) == os.path.realpath(lineage.chain_file):
+            return ()
+        return (pair,)
+
+    def _refuse_one_key_type_twice(self, lineage: KeyAndChain,
+                                   alternates: Sequence[KeyAndChain]) -> None:
+        """A daemon serves one certificate per key type: the alternate must have another."""
+        kind = key_algorithm(leaf_certificate(lineage))
+        if any(key_algorithm(leaf_certificate(pair)) == kind for pair in alternates):
+            raise errors.PluginError(
+                f"--{self.name}-alt-cert-name {self.conf('alt-cert-name')} has a {kind} key like "
+                f"the lineage being deployed; a daemon serves one certificate per key type, so "
+                f"name a lineage with another key type (certbot --key-type rsa or ecdsa)")
+
+    def _server_names(self, daemon: MailDaemon, leaf: x509.Certificate) -> tuple[str, ...]:
+        """() to deploy as the default; else the certificate's names, to deploy for by SNI."""
+        names = daemon.names()
+        if not names or covers(leaf, names):
+            return ()
+        sni_names = tuple(name for name in dns_names(leaf) if not name.startswith("*."))
+        if sni_names and not self._reload_only():
+            logger.info("%s: %s covers none of %s, the server's own names: keeping its default "
+                        "certificate and serving this one to clients that ask for %s (SNI)",
+                        daemon.name, describe(leaf), ", ".join(sorted(names)),
+                        ", ".join(sni_names))
+            return sni_names
+        logger.warning("%s: the certificate %s covers none of %s, the names its config gives "
+                       "the server; clients that connect by those names will see a name "
+                       "mismatch", daemon.name, describe(leaf), ", ".join(sorted(names)))
+        return ()
 
     def _before_edit(self, path: str) -> None:
         """Back up a file into the in-progress checkpoint before the first edit."""
@@ -149,15 +221,56 @@ class MailInstaller(common.Installer):
         except errors.ReverterError as error:
             raise errors.PluginError(str(error)) from error
 
-    def _warn_unless_covered(self, leaf: x509.Certificate) -> None:
-        """A default certificate that names none of the server's own names is likely a mistake."""
+    def _planned_owners(self, server_names: dict[str, tuple[str, ...]], leaf: x509.Certificate,
+                        leaves: set[x509.Certificate]) -> dict[str, set[x509.Certificate]]:
+        """TLSA owner -> the leaves a deploy would serve there, on the ports listening now."""
+        owners: dict[str, set[x509.Certificate]] = {}
         for daemon in self.daemons:
-            names = daemon.names()
-            if names and not covers(leaf, names):
-                logger.warning("%s: the certificate %s covers none of %s, the names its config "
-                               "gives the server; clients that connect by those names will see "
-                               "a name mismatch", daemon.name, describe(leaf),
-                               ", ".join(sorted(names)))
+            hosts = set(server_names[daemon.name]) or daemon.names() | set(dns_names(leaf))
+            for port in {listener.port for listener in daemon.tls_listeners()}:
+                for owner in _tlsa_owners(port, hosts):
+                    owners.setdefault(owner, set()).update(leaves)
+        return owners
+
+    def _served_owners(self, listeners: Sequence[TlsListener]) -> dict[str, set[x509.Certificate]]:
+        """TLSA owner -> the leaves the configured listeners serve there."""
+        default_names = {daemon.name: daemon.names() for daemon in self.daemons}
+        owners: dict[str, set[x509.Certificate]] = {}
+        for listener in listeners:
+            leaves = {leaf_certificate(pair) for pair in listener.credentials}
+            hosts = {listener.server_name} if listener.server_name else (
+                default_names.get(listener.daemon, set())
+                | {name for leaf in leaves for name in dns_names(leaf)})
+            for owner in _tlsa_owners(listener.port, hosts):
+                owners.setdefault(owner, set()).update(leaves)
+        return owners
+
+    def _judge_dane(self, owners: dict[str, set[x509.Certificate]]) -> None:
+        """Warn (or, with --<name>-dane refuse, stop) when TLSA records pin another key."""
+        mode = self.conf("dane")
+        if mode == "off" or not owners:
+            return
+        lookup = dane.find_pins(dane.resolver(self.conf("dane-resolver")), sorted(owners))
+        if lookup.failures and mode == "refuse":
+            raise errors.PluginError(
+                "; ".join(lookup.failures) + f"; --{self.name}-dane refuse deploys nothing it "
+                f"cannot check: fix DNS or --{self.name}-dane-resolver")
+        problems = [f"{pin} pins a key that {describe(leaf)} does not have; publish "
+                    f"`{dane.suggested_record(leaf)}` there beside the old record and wait two "
+                    "TTLs before deploying, or renew with --reuse-key to keep the old key"
+                    for pin in lookup.pins for leaf in owners[pin.owner] if not pin.match(leaf)]
+        if problems and mode == "refuse":
+            raise errors.PluginError(
+                "DANE: not deploying or reloading, since senders that check TLSA records would "
+                "refuse to deliver: " + "; ".join(problems)
+                + f" (--{self.name}-dane warn deploys anyway)")
+        warnings = [f"DANE not checked: {failure}" for failure in lookup.failures] + [
+            f"DANE: senders that check TLSA records will refuse to deliver: {problem}"
+            for problem in problems]
+        for warning in warnings:
+            if warning not in self._dane_warned:
+                self._dane_warned.add(warning)
+                logger.warning("%s", warning)
 
     def _warn_unless_configured(self, lineage: KeyAndChain) -> None:
         """Reload-only: say which listeners the lineage does not reach, since we will not edit."""
@@ -202,8 +315,8 @@ class MailInstaller(common.Installer):
             raise errors.PluginError(
                 "not reloading, so the running daemons keep their current certificate: "
                 + "; ".join(problems))
-        expected = {listener: {leaf_certificate(pair) for pair in listener.credentials}
-                    for listener in listeners}
+        self._judge_dane(self._served_owners(listeners))
+        expected = _probes(listeners)
         started = time.monotonic()
         for daemon in self.daemons:
             daemon.reload()
@@ -226,28 +339,52 @@ def _credential_problems(listeners: Sequence[TlsListener]) -> list[str]:
     return problems + [problem for pair in pairs for problem in check_pair(pair, now)]
 
 
-def _wait_until_served(expected: dict[TlsListener, set[x509.Certificate]], deadline: float) -> None:
+def _tlsa_owners(port: int, hosts: Iterable[str]) -> list[str]:
+    """`_<port>._tcp.<host>` for the hosts that can have public records (no wildcard, no
+    single label such as localhost)."""
+    return [dane.owner_name(port, host) for host in sorted(hosts)
+            if not host.startswith("*.") and "." in host.strip(".")]
+
+
+def _probes(listeners: Sequence[TlsListener]) -> dict[Probe, set[x509.Certificate]]:
+    """What to ask each listener and what it must answer: per key type when it holds several."""
+    probes: dict[Probe, set[x509.Certificate]] = {}
+    for listener in listeners:
+        by_type: dict[str, set[x509.Certificate]] = {}
+        for pair in listener.credentials:
+            leaf = leaf_certificate(pair)
+            by_type.setdefault(key_algorithm(leaf), set()).add(leaf)
+        if len(by_type) > 1 and set(by_type) <= {"RSA", "EC"}:
+            probes.update({(listener, kind): leaves for kind, leaves in by_type.items()})
+        else:
+            probes[listener, None] = {leaf for leaves in by_type.values() for leaf in leaves}
+    return probes
+
+
+def _wait_until_served(expected: dict[Probe, set[x509.Certificate]], deadline: float) -> None:
     """Probe each listener until it serves one of its configured leaves, or fail at the deadline."""
     pending = dict(expected)
-    last_seen: dict[TlsListener, str] = {}
+    last_seen: dict[Probe, str] = {}
     while True:
-        for listener, leaves in list(pending.items()):
+        for probe, leaves in list(pending.items()):
+            listener, kind = probe
             try:
-                served = tls_probe.served_certificate(listener)
+                served = tls_probe.served_certificate(listener, key_algorithm=kind)
             except tls_probe.ProbeError as error:
-                last_seen[listener] = f"gives no TLS handshake ({error})"
+                last_seen[probe] = f"gives no TLS handshake ({error})"
                 continue
             if served in leaves:
-                del pending[listener]
+                del pending[probe]
             else:
-                last_seen[listener] = f"serves {describe(served)}"
+                last_seen[probe] = f"serves {describe(served)}"
         if not pending:
             return
         if time.monotonic() >= deadline:
             raise errors.PluginError("after the reload, " + "; ".join(
-                f"{listener} {last_seen[listener]} instead of "
+                f"{listener}{f' to a client asking for {kind} keys' if kind else ''} "
+                f"{last_seen[listener, kind]} instead of "
                 + " or ".join(describe(leaf) for leaf in leaves)
-                for listener, leaves in pending.items())
+                for (listener, kind), leaves in pending.items())
                 + ". Look for settings that give these listeners another certificate (Dovecot "
                 "local/local_name blocks, Postfix SNI maps) or a daemon that did not reload.")
         time.sleep(_POLL_SECONDS)

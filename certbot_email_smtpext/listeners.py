@@ -16,7 +16,10 @@ class TlsStart(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class TlsListener:
-    """One TCP listener that offers TLS, and the key/chain pairs the daemon serves on it."""
+    """One TCP listener that offers TLS, and the key/chain pairs the daemon serves on it.
+
+    server_name: the SNI name a client sends to get these pairs; None for the default pairs.
+    """
 
     daemon: str
     service: str
@@ -24,10 +27,17 @@ class TlsListener:
     port: int
     start: TlsStart
     credentials: tuple[KeyAndChain, ...]
+    server_name: str | None = None
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.daemon} {self.service} on {host}:{self.port} ({self.start.value})"
+        sni = f", SNI {self.server_name}" if self.server_name else ""
+        return f"{self.daemon} {self.service} on {host}:{self.port} ({self.start.value}{sni})"
+
+    def for_server_name(self, server_name: str,
+                        credentials: tuple[KeyAndChain, ...]) -> "TlsListener":
+        """The same listener as reached with SNI server_name, which selects other pairs."""
+        return dataclasses.replace(self, credentials=credentials, server_name=server_name)
 
 
 def connect_address(listen_address: str) -> str:

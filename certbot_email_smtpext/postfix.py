@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from certbot import errors
 
-from certbot_email_smtpext.checks import KeyAndChain, pair_chain_files
+from certbot_email_smtpext.checks import KeyAndChain, pair_chain_files, read_text
 from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,13 @@ CHAIN_FILES_SINCE = (3, 4)
 #: The main.cf keys that decide which certificate smtpd serves; a master.cf -o of one wins.
 CERTIFICATE_KEYS = ("smtpd_tls_chain_files", "smtpd_tls_cert_file", "smtpd_tls_key_file")
 SECURITY_LEVEL = "smtpd_tls_security_level"
+SNI_MAPS = "tls_server_sni_maps"
+#: Our SNI table, in the config directory: `name key, chain[, key, chain]` per line. Postfix
+#: reads it as a hash: table built with `postmap -F`, which copies the files' contents into the
+#: .db, so every reload rebuilds it.
+SNI_MAP_NAME = "certbot-email-sni"
+_SNI_MAP_HEADER = ("# Written by certbot-email (certbot installer): SNI name, then key and chain "
+                   "files.\n# Built into the .db with postmap -F on every deploy and renewal.\n")
 #: Commands that answer SMTP on an inet service (postscreen hands STARTTLS to tlsproxy).
 _SMTP_SERVERS = ("smtpd", "postscreen")
 _PARAMETER_LINE = re.compile(r"^(\S+) =(.*)$")
@@ -74,16 +81,76 @@ def parse_services(master_output: str, override_output: str) -> list[MasterServi
     return services
 
 
+def chain_files_value(pairs: Sequence[KeyAndChain]) -> str:
+    """`key, chain, key, chain`: the smtpd_tls_chain_files (and SNI table) form of the pairs."""
+    return ", ".join(path for pair in pairs
+                     for path in dict.fromkeys((pair.key_file, pair.chain_file)))
+
+
 def certificate_settings(version: tuple[int, ...], key_path: str, fullchain_path: str,
-                         main: Mapping[str, str]) -> dict[str, str]:
-    """main.cf values that make smtpd serve this key and full chain (and offer TLS if off)."""
+                         main: Mapping[str, str],
+                         alternates: Sequence[KeyAndChain] = ()) -> dict[str, str]:
+    """main.cf values that make smtpd serve this key and full chain (and offer TLS if off).
+
+    alternates: more pairs with other key types (RSA beside ECDSA), served from the same list.
+    """
     if version >= CHAIN_FILES_SINCE:
-        settings = {"smtpd_tls_chain_files": f"{key_path}, {fullchain_path}"}
+        pairs = [KeyAndChain(key_path, fullchain_path), *alternates]
+        settings = {"smtpd_tls_chain_files": chain_files_value(pairs)}
+    elif alternates:
+        raise errors.PluginError(_needs_chain_files(version, "a second key type"))
     else:
         settings = {"smtpd_tls_cert_file": fullchain_path, "smtpd_tls_key_file": key_path}
-    if _security_level(main) == "none":
-        settings[SECURITY_LEVEL] = "may"
+    return _changed({**settings, **_tls_on(main)}, main)
+
+
+def sni_map_settings(version: tuple[int, ...], map_reference: str,
+                     main: Mapping[str, str]) -> dict[str, str]:
+    """main.cf values that add our SNI table in front of any the admin has (and offer TLS)."""
+    if version < CHAIN_FILES_SINCE:
+        raise errors.PluginError(_needs_chain_files(version, "per-name (SNI) certificates"))
+    tables = [table for table in re.split(r"[\s,]+", main.get(SNI_MAPS, "")) if table]
+    settings = {} if map_reference in tables else {SNI_MAPS: ", ".join([map_reference, *tables])}
+    return _changed({**settings, **_tls_on(main)}, main)
+
+
+def _needs_chain_files(version: tuple[int, ...], feature: str) -> str:
+    """Why an old Postfix cannot take what we were asked to deploy."""
+    return (f"Postfix {'.'.join(map(str, version))} cannot serve {feature}: that needs "
+            f"Postfix {'.'.join(map(str, CHAIN_FILES_SINCE))} or later; upgrade Postfix, or "
+            "deploy one certificate for the server's own names")
+
+
+def _tls_on(main: Mapping[str, str]) -> dict[str, str]:
+    """smtpd_tls_security_level = may when TLS is off, so the certificate is offered at all."""
+    return {SECURITY_LEVEL: "may"} if _security_level(main) == "none" else {}
+
+
+def _changed(settings: Mapping[str, str], main: Mapping[str, str]) -> dict[str, str]:
+    """The settings whose value differs from main.cf's."""
     return {key: value for key, value in settings.items() if main.get(key) != value}
+
+
+def parse_sni_map(text: str) -> dict[str, tuple[KeyAndChain, ...]]:
+    """Our SNI table's source: `name key, chain[, key, chain]` lines, `#` comments."""
+    entries = {}
+    for line in text.splitlines():
+        fields = [field for field in re.split(r"[\s,]+", line.split("#", 1)[0]) if field]
+        if len(fields) >= 2:
+            entries[fields[0].lower()] = tuple(pair_chain_files(fields[1:]))
+    return entries
+
+
+def render_sni_map(entries: Mapping[str, Sequence[KeyAndChain]]) -> str:
+    """Our SNI table's source, one line per name, sorted so rewriting it changes nothing."""
+    for pairs in entries.values():
+        for path in (path for pair in pairs for path in (pair.key_file, pair.chain_file)):
+            if re.search(r"[\s,#]", path):
+                raise errors.PluginError(f"a Postfix SNI table cannot name the file {path!r}: "
+                                         "move the certbot config directory to a path without "
+                                         "spaces, commas or #")
+    return _SNI_MAP_HEADER + "".join(f"{name} {chain_files_value(pairs)}\n"
+                                     for name, pairs in sorted(entries.items()))
 
 
 def certificate_overrides(services: Sequence[MasterService]) -> list[str]:
@@ -93,8 +160,12 @@ def certificate_overrides(services: Sequence[MasterService]) -> list[str]:
             for key, value in service.overrides.items() if key in CERTIFICATE_KEYS]
 
 
-def tls_listeners(main: Mapping[str, str], services: Sequence[MasterService]) -> list[TlsListener]:
-    """Every inet SMTP service that offers TLS (wrapper mode or STARTTLS), with its certificate."""
+def tls_listeners(main: Mapping[str, str], services: Sequence[MasterService],
+                  sni: Mapping[str, tuple[KeyAndChain, ...]] | None = None) -> list[TlsListener]:
+    """Every inet SMTP service that offers TLS (wrapper mode or STARTTLS), with its certificate.
+
+    sni: name -> pairs of our SNI table; each listener is then also listed once per name.
+    """
     listeners = []
     for service in services:
         if service.type != "inet" or service.command not in _SMTP_SERVERS:
@@ -107,8 +178,11 @@ def tls_listeners(main: Mapping[str, str], services: Sequence[MasterService]) ->
         else:
             continue
         host, port = _service_address(service.service, parameters)
-        listeners.append(TlsListener("postfix", service.service, host, port, start,
-                                     _credentials(parameters)))
+        listener = TlsListener("postfix", service.service, host, port, start,
+                               _credentials(parameters))
+        listeners.append(listener)
+        listeners += [listener.for_server_name(name, pairs)
+                      for name, pairs in sorted((sni or {}).items())]
     return listeners
 
 
@@ -154,11 +228,13 @@ class Postfix:
     """One Postfix instance, named by its config directory (postconf -c, postfix -c)."""
 
     name = "postfix"
-    executables: tuple[str, ...] = ("postconf", "postfix")
+    executables: tuple[str, ...] = ("postconf", "postfix", "postmap")
 
     def __init__(self, config_dir: str) -> None:
         self.config_dir = config_dir
         self.main_cf = os.path.join(config_dir, "main.cf")
+        self.sni_map = os.path.join(config_dir, SNI_MAP_NAME)
+        self.sni_map_reference = f"hash:{self.sni_map}"
 
     def _run(self, argv: list[str]) -> str:
         """Run a Postfix tool; a failure becomes a PluginError that shows its output."""
@@ -193,18 +269,68 @@ class Postfix:
         return {main[key] for key in ("myhostname", "mydomain") if main.get(key)}
 
     def deploy(self, key_path: str, fullchain_path: str,
-               before_edit: Callable[[str], None], created: Callable[[str], None]) -> list[str]:
-        """Point main.cf at the key and full chain through postconf -e; return what changed."""
-        del created  # main.cf always exists
+               before_edit: Callable[[str], None], created: Callable[[str], None],
+               server_names: Sequence[str] = (),
+               alternates: Sequence[KeyAndChain] = ()) -> list[str]:
+        """Point main.cf (or, for server_names, our SNI table) at the pairs; return what changed.
+
+        Without server_names the key and full chain (and alternates) become smtpd's default.
+        """
         main = self.main_parameters()
+        if server_names:
+            return self._deploy_sni(main, [KeyAndChain(key_path, fullchain_path), *alternates],
+                                    server_names, before_edit, created)
         for override in certificate_overrides(self.services()):
             logger.warning("%s: that listener keeps its own certificate and is verified against it",
                            override)
-        settings = certificate_settings(self.version(), key_path, fullchain_path, main)
+        settings = certificate_settings(self.version(), key_path, fullchain_path, main, alternates)
+        return self._set(settings, before_edit)
+
+    def _set(self, settings: Mapping[str, str], before_edit: Callable[[str], None]) -> list[str]:
+        """postconf -e the settings (backing main.cf up first); return a line per change."""
         if settings:
             before_edit(self.main_cf)
             self._postconf("-e", *(f"{key} = {value}" for key, value in settings.items()))
         return [f"{self.main_cf}: {key} = {value}" for key, value in settings.items()]
+
+    def _deploy_sni(self, main: Mapping[str, str], pairs: Sequence[KeyAndChain],
+                    server_names: Sequence[str], before_edit: Callable[[str], None],
+                    created: Callable[[str], None]) -> list[str]:
+        """Give each name the pairs in our SNI table, and name the table in main.cf."""
+        settings = sni_map_settings(self.version(), self.sni_map_reference, main)
+        current = read_text(self.sni_map)
+        entries = parse_sni_map(current or "")
+        entries.update({name.lower(): tuple(pairs) for name in server_names})
+        text = render_sni_map(entries)
+        changes = []
+        if text != current:
+            for path in (self.sni_map, self.sni_map + ".db"):
+                (before_edit if os.path.exists(path) else created)(path)
+            _write_private(self.sni_map, text)
+            self.rebuild_sni_map()
+            changes.append(f"{self.sni_map}: {', '.join(server_names)} -> "
+                           f"{chain_files_value(pairs)}")
+        return changes + self._set(settings, before_edit)
+
+    def sni_entries(self, main: Mapping[str, str]) -> dict[str, tuple[KeyAndChain, ...]]:
+        """Our SNI table's entries when main.cf uses it; other tables are the admin's."""
+        if self.sni_map_reference not in re.split(r"[\s,]+", main.get(SNI_MAPS, "")):
+            return {}
+        return parse_sni_map(read_text(self.sni_map) or "")
+
+    def rebuild_sni_map(self) -> None:
+        """postmap -F into a new .db, renamed over the old: smtpd never opens a half-built one."""
+        building = self.sni_map + ".new"
+        with open(self.sni_map, encoding="utf-8") as source:
+            _write_private(building, source.read())
+        try:
+            self._run(["postmap", "-c", self.config_dir, "-F", f"hash:{building}"])
+            os.chmod(building + ".db", 0o600)  # it holds the private keys' contents
+            os.replace(building + ".db", self.sni_map + ".db")
+        finally:
+            for leftover in (building, building + ".db"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
 
     def config_test(self) -> None:
         """postfix check: catches a broken master.cf, not missing certificates (see checks)."""
@@ -212,11 +338,22 @@ class Postfix:
 
     def tls_listeners(self) -> list[TlsListener]:
         """The listeners whose served certificate we verify after a reload."""
-        return tls_listeners(self.main_parameters(), self.services())
+        main = self.main_parameters()
+        return tls_listeners(main, self.services(), self.sni_entries(main))
 
     def reload(self) -> None:
-        """postfix reload when the master runs, postfix start when it does not."""
+        """Rebuild our SNI table (renewed files), then postfix reload, or start when stopped."""
+        if self.sni_entries(self.main_parameters()):
+            self.rebuild_sni_map()
         status = subprocess.run(["postfix", "-c", self.config_dir, "status"], capture_output=True,
                                 stdin=subprocess.DEVNULL, check=False)
         command = "reload" if status.returncode == 0 else "start"
         self._run(["postfix", "-c", self.config_dir, command])
+
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write a file only root reads: our SNI table names keys, its .db holds them."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as text_file:
+        text_file.write(text)

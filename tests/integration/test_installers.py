@@ -114,14 +114,15 @@ def lab_certificate(lab: Lab) -> x509.Certificate:
 
 
 def installer_options(lab: Lab, installer: str) -> list[str]:
-    """-i <installer> with the config locations of the lab's private instances."""
+    """-i <installer> with the config locations of the lab's private instances, and the lab's
+    BIND as the resolver for TLSA lookups (the system one is off loopback)."""
     postfix_dir, dovecot_conf = str(lab.postfix.etc), str(lab.dovecot.dir / "dovecot.conf")
     return {
         "postfix": ["-i", "postfix", "--postfix-config-dir", postfix_dir],
         "dovecot": ["-i", "dovecot", "--dovecot-config", dovecot_conf],
         "mailserver": ["-i", "mailserver", "--mailserver-postfix-config-dir", postfix_dir,
                        "--mailserver-dovecot-config", dovecot_conf],
-    }[installer]
+    }[installer] + [f"--{installer}-dane-resolver", f"{lab.dns.host}:{lab.dns.port}"]
 
 
 def certbot(lab: Lab, root: Path, *args: str) -> subprocess.CompletedProcess[str]:

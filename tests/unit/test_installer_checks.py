@@ -5,13 +5,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from certbot_email_smtpext.checks import (
     KeyAndChain,
     check_pair,
     covers,
+    dns_names,
+    key_algorithm,
     leaf_certificate,
     pair_chain_files,
 )
@@ -24,7 +26,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, issuer: str,
                  issuer_key: ec.EllipticCurvePrivateKey, not_after: datetime.datetime,
                  ca: bool) -> x509.Certificate:
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
@@ -37,7 +39,7 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def pem(*objects: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
+def pem(*objects: x509.Certificate | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     """PEM text of keys and certificates, in the order given."""
     return b"".join(
         item.public_bytes(serialization.Encoding.PEM) if isinstance(item, x509.Certificate)
@@ -47,9 +49,11 @@ def pem(*objects: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def write_lineage(directory: Path, leaf_not_after: datetime.datetime = NOW + 60 * DAY,
-                  name: str = "mail.example.test") -> KeyAndChain:
+                  name: str = "mail.example.test", rsa_leaf: bool = False) -> KeyAndChain:
     """privkey.pem (0600) and fullchain.pem (leaf, intermediate) like a certbot lineage."""
     root_key, ca_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    if rsa_leaf:
+        leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     intermediate = _certificate("Test Intermediate", ca_key, "Test Root", root_key,
                                 NOW + 365 * DAY, ca=True)
     leaf = _certificate(name, leaf_key, "Test Intermediate", ca_key,
@@ -180,3 +184,11 @@ def test_coverage_by_dns_names_and_one_label_wildcards(names, covered):
             .not_valid_after(NOW + DAY).add_extension(sans, critical=False)
             .sign(key, hashes.SHA256()))
     assert covers(cert, names) is covered
+
+
+def test_key_algorithm_and_dns_names(tmp_path):
+    ecdsa = leaf_certificate(write_lineage(tmp_path / "ec"))
+    rsa_leaf = leaf_certificate(write_lineage(tmp_path / "rsa", name="imap.example.test",
+                                              rsa_leaf=True))
+    assert (key_algorithm(ecdsa), key_algorithm(rsa_leaf)) == ("EC", "RSA")
+    assert dns_names(rsa_leaf) == ["imap.example.test"]

@@ -78,7 +78,8 @@ def test_version_output_is_parsed():
 
 def test_setting_names_follow_the_24_rename():
     assert V23 == dovecot.SettingNames("ssl_cert", "ssl_key", "<")
-    assert V24 == dovecot.SettingNames("ssl_server_cert_file", "ssl_server_key_file", "")
+    assert V24 == dovecot.SettingNames("ssl_server_cert_file", "ssl_server_key_file", "",
+                                       "ssl_server_alt_cert_file", "ssl_server_alt_key_file")
 
 
 def test_nested_blocks_are_parsed():
@@ -155,3 +156,39 @@ def test_include_line_is_recognised(text, found):
 ])
 def test_ssl_stays_on_when_our_dropin_turned_it_on(ssl_setting, current_dropin, turned_on):
     assert dovecot.turns_ssl_on(ssl_setting, current_dropin) is turned_on
+
+
+RSA = KeyAndChain("/l/rsa/privkey.pem", "/l/rsa/fullchain.pem")
+ECDSA = KeyAndChain("/l/privkey.pem", "/l/fullchain.pem")
+
+
+@pytest.mark.parametrize("names", [V23, V24])
+def test_dropin_with_alt_and_local_names_reads_back(names):
+    dropin = dovecot.Dropin((ECDSA, RSA), {"imap.example.test": (ECDSA,)}, enable_ssl=True)
+    text = dovecot.render_dropin(names, dropin)
+    assert f"local_name imap.example.test {{\n  {names.cert} = " in text
+    assert f"{names.alt_cert} = {names.file_prefix}/l/rsa/fullchain.pem" in text
+    assert dovecot.parse_dropin(text, names) == dropin
+
+
+def test_dropin_refuses_three_pairs_and_odd_names():
+    with pytest.raises(errors.PluginError, match="at most two certificates per name"):
+        dovecot.render_dropin(V23, dovecot.Dropin((ECDSA, RSA, ECDSA)))
+    with pytest.raises(errors.PluginError, match="cannot take 'a b' as a local_name"):
+        dovecot.render_dropin(V23, dovecot.Dropin((), {"a b": (ECDSA,)}))
+
+
+def test_alt_pair_is_a_credential():
+    settings = {"ssl_cert": "</c.pem", "ssl_key": "</k.pem", "ssl_alt_cert": "</rc.pem",
+                "ssl_alt_key": "</rk.pem"}
+    assert dovecot.credentials(settings, V23) == \
+        (KeyAndChain("/k.pem", "/c.pem"), KeyAndChain("/rk.pem", "/rc.pem"))
+
+
+def test_each_listener_is_also_verified_per_local_name():
+    found = [(listener.service, listener.server_name, listener.credentials)
+             for listener in dovecot.tls_listeners(dovecot.parse_config(DOVECONF), (PAIR,),
+                                                   {"imap.example.test": (RSA,)})
+             if listener.service == "imap-login/imaps"]
+    assert found == [("imap-login/imaps", None, (PAIR,)),
+                     ("imap-login/imaps", "imap.example.test", (RSA,))]

@@ -5,7 +5,7 @@ it up and restores it; what a listener "serves" is whatever the fake loaded at i
 """
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,10 @@ class FakeDaemon:
         return {"mail.example.test", "localhost"}
 
     def deploy(self, key_path: str, fullchain_path: str, before_edit: Callable[[str], None],
-               created: Callable[[str], None]) -> list[str]:
+               created: Callable[[str], None], server_names: Sequence[str] = (),
+               alternates: Sequence[KeyAndChain] = ()) -> list[str]:
         self.deploys += 1
+        self.deployed_names, self.deployed_alternates = server_names, alternates
         before_edit(str(self.config))
         self.config.write_text(f"{key_path} {fullchain_path}\n")
         created(str(self.dropin))
@@ -78,7 +80,7 @@ def serving(monkeypatch) -> dict:
     """What each fake listener (host, port) serves; the TLS probe reads it, not the network."""
     served: dict[tuple[str, int], x509.Certificate] = {}
 
-    def probe(listener: TlsListener) -> x509.Certificate:
+    def probe(listener: TlsListener, key_algorithm: str | None = None) -> x509.Certificate:
         return served[listener.host, listener.port]
     monkeypatch.setattr(installer.tls_probe, "served_certificate", probe)
     monkeypatch.setattr(installer, "VERIFY_SECONDS", 0.0)
@@ -114,7 +116,9 @@ def make_installer(tmp_path: Path, serving: dict, old: KeyAndChain, reload_only:
         daemon.reload()
         daemon.reloads = 0
     FakeInstaller.daemon = daemon
-    plugin = FakeInstaller(certbot_config(tmp_path, fake_reload_only=reload_only), "fake")
+    plugin = FakeInstaller(certbot_config(tmp_path, fake_reload_only=reload_only,
+                                          fake_alt_cert_name=None, fake_dane="off",
+                                          fake_dane_resolver=None), "fake")
     plugin.prepare()
     return plugin
 
@@ -221,15 +225,26 @@ def test_reload_only_edits_nothing_and_warns_about_unconfigured_listeners(
            f"not {new.chain_file}" in caplog.text
 
 
-def test_a_certificate_for_other_names_is_deployed_with_a_warning(tmp_path, serving, old,
-                                                                  caplog):
+def test_a_certificate_for_other_names_is_deployed_for_those_names_by_sni(tmp_path, serving,
+                                                                         old, caplog):
     plugin = make_installer(tmp_path, serving, old)
+    other = write_lineage(tmp_path / "other", name="www.example.org")
+    with caplog.at_level(logging.INFO):
+        deploy(plugin, other)
+    assert plugin.daemon.deployed_names == ("www.example.org",)
+    assert caplog.text.count("keeping its default certificate and serving this one to clients "
+                             "that ask for www.example.org (SNI)") == 1
+    assert plugin.daemon.deploys == 1  # deploy_cert runs once per name, the work once per lineage
+
+
+def test_reload_only_warns_about_a_certificate_for_other_names(tmp_path, serving, old, caplog):
+    plugin = make_installer(tmp_path, serving, old, reload_only=True)
     other = write_lineage(tmp_path / "other", name="www.example.org")
     with caplog.at_level(logging.WARNING):
         deploy(plugin, other)
     assert "'CN=www.example.org'" in caplog.text
     assert caplog.text.count("covers none of localhost, mail.example.test") == 1
-    assert plugin.daemon.deploys == 1  # deploy_cert runs once per name, the work once per lineage
+    assert plugin.daemon.deploys == 0
 
 
 def test_a_certificate_for_the_server_name_gives_no_warning(tmp_path, serving, old, new,
@@ -251,10 +266,13 @@ def test_no_enhancements(tmp_path, serving, old):
         plugin.enhance("mail.example.test", "redirect")
 
 
+COMMON_OPTIONS = ["reload-only", "alt-cert-name", "dane", "dane-resolver"]
+
+
 @pytest.mark.parametrize("plugin_class, options", [
-    (installer.PostfixInstaller, ["reload-only", "config-dir"]),
-    (installer.DovecotInstaller, ["reload-only", "config"]),
-    (installer.MailServerInstaller, ["reload-only", "postfix-config-dir", "dovecot-config"]),
+    (installer.PostfixInstaller, [*COMMON_OPTIONS, "config-dir"]),
+    (installer.DovecotInstaller, [*COMMON_OPTIONS, "config"]),
+    (installer.MailServerInstaller, [*COMMON_OPTIONS, "postfix-config-dir", "dovecot-config"]),
 ])
 def test_options(plugin_class, options):
     added: list[str] = []
@@ -269,3 +287,45 @@ def test_mailserver_drives_postfix_then_dovecot(tmp_path):
     plugin = installer.MailServerInstaller(config, "mailserver")
     assert [(daemon.name, daemon.config_dir) for daemon in plugin.daemons] == \
         [("postfix", "/srv/postfix"), ("dovecot", "/srv/dc")]
+
+
+def test_alt_lineage_is_deployed_beside_and_each_key_type_is_probed(tmp_path, serving, old):
+    plugin = make_installer(tmp_path, serving, old)
+    rsa_pair = write_lineage(tmp_path / "certbot" / "live" / "mail-rsa", rsa_leaf=True)
+    plugin.config.namespace.fake_alt_cert_name = "mail-rsa"
+    new = write_lineage(tmp_path / "new")
+    deploy(plugin, new)
+    assert plugin.daemon.deployed_alternates == (rsa_pair,)
+    listener = TlsListener("fake", "smtps", "127.0.0.1", 465, TlsStart.IMPLICIT,
+                           (new, rsa_pair))
+    assert installer._probes([listener]) == {
+        (listener, "EC"): {leaf_certificate(new)}, (listener, "RSA"): {leaf_certificate(rsa_pair)}}
+
+
+@pytest.mark.parametrize("alt_name, message", [
+    ("missing", "--fake-alt-cert-name missing: there is no lineage .*live/missing; obtain it"),
+    ("same-type", "--fake-alt-cert-name same-type has a EC key like the lineage"),
+])
+def test_unusable_alt_lineage_is_refused_before_any_edit(tmp_path, serving, old, alt_name,
+                                                         message):
+    plugin = make_installer(tmp_path, serving, old)
+    write_lineage(tmp_path / "certbot" / "live" / "same-type")
+    plugin.config.namespace.fake_alt_cert_name = alt_name
+    new = write_lineage(tmp_path / "new")
+    with pytest.raises(errors.PluginError, match=message):
+        plugin.deploy_cert("mail.example.test", "/unused", new.key_file, None, new.chain_file)
+    assert plugin.daemon.deploys == 0
+
+
+def test_names_include_sni_names(tmp_path, serving, old, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    default = plugin.daemon.tls_listeners()[0]
+    monkeypatch.setattr(plugin.daemon, "tls_listeners", lambda: [
+        default, default.for_server_name("imap.example.test", default.credentials)])
+    assert plugin.get_all_names() == {"mail.example.test", "imap.example.test"}
+
+
+def test_an_sni_listener_says_which_name_it_is_probed_with():
+    listener = TlsListener("postfix", "smtp", "127.0.0.1", 25, TlsStart.SMTP, ())
+    assert str(listener.for_server_name("imap.example.test", ())) == \
+        "postfix smtp on 127.0.0.1:25 (SMTP STARTTLS, SNI imap.example.test)"

@@ -136,3 +136,56 @@ def test_unknown_service_name_is_an_error():
     unknown = [postfix.MasterService("no-such-service", "inet", "smtpd", {})]
     with pytest.raises(errors.PluginError, match="'no-such-service' is not a port number"):
         postfix.tls_listeners(MAIN, unknown)
+
+
+RSA = KeyAndChain("/l/rsa/privkey.pem", "/l/rsa/fullchain.pem")
+
+
+def test_a_second_key_type_follows_in_chain_files():
+    settings = postfix.certificate_settings((3, 7), "/l/privkey.pem", "/l/fullchain.pem", MAIN,
+                                            alternates=(RSA,))
+    assert settings == {"smtpd_tls_chain_files": "/l/privkey.pem, /l/fullchain.pem, "
+                                                 "/l/rsa/privkey.pem, /l/rsa/fullchain.pem"}
+
+
+@pytest.mark.parametrize("call", [
+    lambda: postfix.certificate_settings((3, 3), "/k", "/c", MAIN, alternates=(RSA,)),
+    lambda: postfix.sni_map_settings((3, 3), "hash:/etc/postfix/certbot-email-sni", MAIN),
+])
+def test_old_postfix_refuses_what_needs_chain_files(call):
+    with pytest.raises(errors.PluginError, match="Postfix 3.3 cannot serve .* needs Postfix 3.4"):
+        call()
+
+
+def test_our_sni_table_goes_first_and_only_once():
+    ours = "hash:/etc/postfix/certbot-email-sni"
+    admin = {**MAIN, "tls_server_sni_maps": "hash:/etc/postfix/sni"}
+    assert postfix.sni_map_settings((3, 7), ours, admin) == \
+        {"tls_server_sni_maps": f"{ours}, hash:/etc/postfix/sni"}
+    assert postfix.sni_map_settings((3, 7), ours, {**MAIN, "tls_server_sni_maps": ours}) == {}
+
+
+def test_sni_table_round_trips_and_is_sorted(tmp_path):
+    key, chain = tmp_path / "privkey.pem", tmp_path / "fullchain.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n")
+    chain.write_text("-----BEGIN CERTIFICATE-----\nx\n")
+    entries = {"smtp.example.test": (KeyAndChain(str(key), str(chain)),),
+               "imap.example.test": (KeyAndChain(str(key), str(chain)),)}
+    text = postfix.render_sni_map(entries)
+    assert text.splitlines()[2:] == [f"imap.example.test {key}, {chain}",
+                                     f"smtp.example.test {key}, {chain}"]
+    assert postfix.parse_sni_map(text) == entries
+
+
+def test_sni_table_refuses_a_path_postfix_would_split():
+    with pytest.raises(errors.PluginError, match="cannot name the file '/l/a b.pem'"):
+        postfix.render_sni_map({"x.test": (KeyAndChain("/l/a b.pem", "/l/c.pem"),)})
+
+
+def test_each_listener_is_also_verified_per_sni_name():
+    sni = {"imap.example.test": (RSA,)}
+    found = [(listener.service, listener.server_name, listener.credentials)
+             for listener in postfix.tls_listeners(MAIN, services(), sni)
+             if listener.service == "smtp"]
+    assert found == [("smtp", None, (KeyAndChain("/etc/ssl/key.pem", "/etc/ssl/chain.pem"),)),
+                     ("smtp", "imap.example.test", (RSA,))]
