@@ -20,7 +20,6 @@ from certbot.plugins import common
 from certbot.plugins import util as plugin_util
 from cryptography import x509
 
-from certbot_email_smtpext import dane, tls_probe
 from certbot_email_smtpext.checks import (
     KeyAndChain,
     check_pair,
@@ -250,6 +249,7 @@ class MailInstaller(common.Installer):
         mode = self.conf("dane")
         if mode == "off" or not owners:
             return
+        from certbot_email_smtpext import dane  # dnspython: only when DANE is checked
         lookup = dane.find_pins(dane.resolver(self.conf("dane-resolver")), sorted(owners))
         if lookup.failures and mode == "refuse":
             raise errors.PluginError(
@@ -342,6 +342,7 @@ def _credential_problems(listeners: Sequence[TlsListener]) -> list[str]:
 def _tlsa_owners(port: int, hosts: Iterable[str]) -> list[str]:
     """`_<port>._tcp.<host>` for the hosts that can have public records (no wildcard, no
     single label such as localhost)."""
+    from certbot_email_smtpext import dane  # certbot imports this module on every run
     return [dane.owner_name(port, host) for host in sorted(hosts)
             if not host.startswith("*.") and "." in host.strip(".")]
 
@@ -363,6 +364,7 @@ def _probes(listeners: Sequence[TlsListener]) -> dict[Probe, set[x509.Certificat
 
 def _wait_until_served(expected: dict[Probe, set[x509.Certificate]], deadline: float) -> None:
     """Probe each listener until it serves one of its configured leaves, or fail at the deadline."""
+    from certbot_email_smtpext import tls_probe  # mail clients load only when a reload is proven
     pending = dict(expected)
     last_seen: dict[Probe, str] = {}
     while True:

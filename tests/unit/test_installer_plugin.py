@@ -13,7 +13,7 @@ from certbot import errors
 from certbot.configuration import NamespaceConfig
 from cryptography import x509
 
-from certbot_email_smtpext import installer
+from certbot_email_smtpext import installer, tls_probe
 from certbot_email_smtpext.checks import KeyAndChain, leaf_certificate
 from certbot_email_smtpext.listeners import TlsListener, TlsStart
 from tests.unit.test_installer_checks import write_lineage
@@ -82,7 +82,7 @@ def serving(monkeypatch) -> dict:
 
     def probe(listener: TlsListener, key_algorithm: str | None = None) -> x509.Certificate:
         return served[listener.host, listener.port]
-    monkeypatch.setattr(installer.tls_probe, "served_certificate", probe)
+    monkeypatch.setattr(tls_probe, "served_certificate", probe)
     monkeypatch.setattr(installer, "VERIFY_SECONDS", 0.0)
     return served
 
