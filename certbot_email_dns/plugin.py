@@ -137,7 +137,7 @@ class Authenticator(dns_common.DNSAuthenticator):
                              default_propagation_seconds: int = 0) -> None:
         """Options; persisted in the renewal conf, so every one has a real type."""
         add("credentials", help="RFC 2136 credentials INI file (server, TSIG key name, secret, "
-                                "algorithm); see docs/email-dns.rst")
+                                "algorithm); see README.rst, email-dns")
         add("propagation-timeout", type=int, default=DEFAULT_PROPAGATION_TIMEOUT,
             help="Seconds to wait for every nameserver of the zone to serve the new records")
         add("propagation-seconds", type=int, default=default_propagation_seconds,
