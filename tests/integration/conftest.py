@@ -41,6 +41,14 @@ def lab() -> Iterator[Lab]:
         yield running
 
 
+@pytest.fixture
+def fresh_mailboxes(lab: Lab) -> None:
+    """Empty INBOXes: the session's mailboxes are shared, and a challenge mail another test left
+    behind is as genuine as the one this test waits for."""
+    for user in lab.users:
+        lab.empty_mailbox(user)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

@@ -21,6 +21,9 @@ from tests.integration.test_email_reply_pkcs12 import email_reply_arguments, run
 from tests.lab.lab import Lab
 from tests.lab.testca import mailbox_credentials
 
+#: The session's mailboxes are shared: start each test with empty INBOXes.
+pytestmark = pytest.mark.usefixtures("fresh_mailboxes")
+
 MESSAGE = b"Content-Type: text/plain\r\n\r\nSigned with a certificate from acme2certifier.\r\n"
 
 

@@ -40,7 +40,7 @@ from tests.lab.ports import HOST
 from tests.lab.testca import mailbox_credentials, running_test_ca
 from tests.unit.test_reply_plugin import option_defaults
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_mailboxes")]
 
 ALICE = "alice@example.test"
 CA = "ca@example.test"

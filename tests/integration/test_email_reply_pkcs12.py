@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -17,6 +18,9 @@ from tests.integration.test_email_reply_mail import ALICE, CERTBOT, LOOKBACK
 from tests.lab.lab import Lab
 from tests.lab.ports import HOST
 from tests.lab.testca import mailbox_credentials, running_test_ca
+
+#: The session's mailboxes are shared: start each test with empty INBOXes.
+pytestmark = pytest.mark.usefixtures("fresh_mailboxes")
 
 HOOK = "certbot-email-pkcs12"
 PASSWORD = "bundle-secret"

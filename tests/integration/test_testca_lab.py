@@ -49,18 +49,6 @@ def publish_txt(lab: Lab, name: str, value: str) -> None:
     assert response.rcode() == 0
 
 
-def empty_inbox(lab: Lab, user: str) -> None:
-    client = lab.imap(user)
-    try:
-        client.select_folder("INBOX")
-        found = client.search(["ALL"])
-        if found:
-            client.delete_messages(found)
-            client.expunge()
-    finally:
-        client.logout()
-
-
 def launch_ca(lab: Lab, tmp_path: Path, **mail_options: Any) -> runtime.LaunchedCA:
     """A test CA using the lab's DNS, port-25 injection and the ca mailbox over IMAPS."""
     password_user = lab.user("ca")
@@ -72,8 +60,8 @@ def launch_ca(lab: Lab, tmp_path: Path, **mail_options: Any) -> runtime.Launched
                         **mail_options)
     config = CAConfig(state_dir=tmp_path / "ca", port=0, dns_server=HOST,
                       dns_port=lab.dns.port, mail=mail)
-    empty_inbox(lab, "ca")
-    empty_inbox(lab, "alice")
+    lab.empty_mailbox("ca")
+    lab.empty_mailbox("alice")
     launched = runtime.launch(config)
     publish_txt(lab, f"{selector}._domainkey.{lab.domain}", launched.dkim_record)
     return launched

@@ -323,5 +323,17 @@ class Lab:
             self.ports.imaps, account.address, account.password, self.client_tls()
         )
 
+    def empty_mailbox(self, user: str) -> None:
+        """Delete everything in user's INBOX, so that a test sees only the mail it caused."""
+        client = self.imap(user)
+        try:
+            client.select_folder("INBOX")
+            found = client.search(["ALL"])
+            if found:
+                client.delete_messages(found)
+                client.expunge()
+        finally:
+            client.logout()
+
     def _address(self, who: str) -> str:
         return who if "@" in who else f"{who}@{DOMAIN}"
