@@ -30,8 +30,6 @@ MAX_MIME_DEPTH = 5
 #: token-part1 MUST carry at least 128 bits (RFC 8823 §3.1).
 MIN_TOKEN_PART1_BYTES = 16
 
-#: What the client requires in the DKIM-Signature ``h=``: the RFC's whole list (§3.1 item 6).
-REQUIRED_SIGNED_HEADERS = rfc8823.CHALLENGE_SIGNED_HEADERS
 #: Headers that must not appear twice: a second copy is how a forger hides behind a signature.
 SINGLETON_HEADERS = (
     "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
@@ -436,7 +434,7 @@ class ChallengeMailJudge:
         if not tags.aligned_with(from_domain):
             raise MailRejectedError(Rule.DKIM_DOMAIN,
                                     f"d={tags.domain}, From domain {from_domain}")
-        missing = tags.missing_headers(REQUIRED_SIGNED_HEADERS)
+        missing = tags.missing_headers(rfc8823.CHALLENGE_SIGNED_HEADERS)
         if missing:
             raise MailRejectedError(Rule.DKIM_HEADERS, "missing " + ", ".join(missing))
         if tags.body_length is not None:

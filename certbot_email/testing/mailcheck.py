@@ -16,10 +16,6 @@ import dkim
 from certbot_email.protocol import identifiers, rfc8823
 from certbot_email.protocol.rfc8823 import RESPONSE_SIGNED_HEADERS, find_response_block
 
-#: Shared RFC 8823 names under the spellings the CA's callers and tests use.
-CHALLENGE_SIGNED_HEADERS = rfc8823.CHALLENGE_SIGNED_HEADERS
-BEGIN_MARKER, END_MARKER = rfc8823.BEGIN_LINE, rfc8823.END_LINE
-
 DnsTxtLookup = Callable[..., Optional[bytes]]
 
 

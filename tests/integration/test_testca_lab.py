@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certbot_email.protocol import challenge_mail as challenge_mail_rules
-from certbot_email.protocol import keyauth
+from certbot_email.protocol import keyauth, rfc8823
 from certbot_email.testing import mailcheck, mailer, rawclient, runtime
 from certbot_email.testing.config import CAConfig, MailSettings
 from tests.lab.lab import Lab
@@ -95,7 +95,7 @@ def response_for(lab: Lab, challenge_raw: bytes, client: rawclient.RawClient,
     assert token_part1 is not None
     digest = keyauth.key_authorization_digest(keyauth.key_authorization(
         keyauth.join_tokens(token_part1, challb.chall.token), client.key))
-    body = f"{mailcheck.BEGIN_MARKER}\r\n{digest}\r\n{mailcheck.END_MARKER}\r\n"
+    body = f"{rfc8823.BEGIN_LINE}\r\n{digest}\r\n{rfc8823.END_LINE}\r\n"
     message = lab.message("alice", str(challenge.get("Reply-To") or challenge["From"]),
                           f"Re: ACME: {token_part1}", body,
                           In_Reply_To=str(challenge["Message-ID"]), **headers)
@@ -141,7 +141,7 @@ def verify_challenge_signature(lab: Lab, testca: runtime.LaunchedCA, raw: bytes,
     """The challenge as delivered is signed: DKIM checked via BIND, or S/MIME via openssl."""
     if not smime:
         assert "d=example.test" in mailcheck.dkim_findings(
-            raw, "example.test", mailcheck.CHALLENGE_SIGNED_HEADERS, lab.dns.dkimpy_dnsfunc)
+            raw, "example.test", rfc8823.CHALLENGE_SIGNED_HEADERS, lab.dns.dkimpy_dnsfunc)
         client_judge = challenge_mail_rules.ChallengeMailJudge(
             txt_lookup=lab.dns.dkimpy_dnsfunc)
         client_judge.expect(challenge_mail_rules.ExpectedChallenge(ALICE, CA_MAILBOX))
@@ -344,7 +344,7 @@ def test_misaligned_then_wrong_digest_replies(lab, tmp_path):
             smtp.sendmail(ALICE, [CA_MAILBOX], signature + misaligned)
         decision(testca, "is not the From domain example.test")
         wrong = response_for(lab, raw, client, challb)
-        wrong.set_content(f"{mailcheck.BEGIN_MARKER}\r\n{'A' * 43}\r\n{mailcheck.END_MARKER}\r\n")
+        wrong.set_content(f"{rfc8823.BEGIN_LINE}\r\n{'A' * 43}\r\n{rfc8823.END_LINE}\r\n")
         lab.submit_mail("alice", wrong)
         decision(testca, "the response digest does not match")
         client.answer(challb, challb.chall.response(client.key))

@@ -11,14 +11,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from certbot_email.protocol.rfc8823 import CHALLENGE_SIGNED_HEADERS
+
 from .config import render
 from .process import Daemon, accepts, poll_until
 
-# The header fields RFC 8823 section 3 requires in h=, plus MIME-Version.
-RFC8823_SIGNED_HEADERS = (
-    "From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "In-Reply-To", "References",
-    "Message-ID", "Auto-Submitted", "Content-Type", "Content-Transfer-Encoding", "MIME-Version",
-)
+# The header fields RFC 8823 section 3 requires in h=, plus MIME-Version, as OpenDKIM lists them.
+RFC8823_SIGNED_HEADERS = (*(name.title() for name in CHALLENGE_SIGNED_HEADERS), "MIME-Version")
 
 
 class OpenDkim(Daemon):

@@ -6,14 +6,14 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from certbot_email.protocol.challenge_mail import REQUIRED_SIGNED_HEADERS
+from certbot_email.protocol.rfc8823 import CHALLENGE_SIGNED_HEADERS
 
 CA = "acme-generator@example.org"
 ALICE = "alice@example.com"
 TOKEN1 = "LgYemJLy3F1LDkiJrdIGbEzyFJyOyf6vBdyZ1TG3sME="
 MESSAGE_ID = "<A2299BB.FF7788@example.org>"
 SELECTOR = b"sel"
-SIGNED = [name.encode() for name in REQUIRED_SIGNED_HEADERS]
+SIGNED = [name.encode() for name in CHALLENGE_SIGNED_HEADERS]
 
 Headers = list[tuple[str, str]]
 

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from certbot_email.protocol import keyauth
+from certbot_email.protocol import keyauth, rfc8823
 from certbot_email.testing import issuance, mailcheck, mailer, validators
 from certbot_email.testing.authority import TestCA
 from certbot_email.testing.config import CAConfig, MailSettings, ReplyJoining
@@ -110,7 +110,7 @@ def reply(token_part1: str, digest: str, sender: str = ALICE, body: Optional[str
     for name, value in headers.items():
         message[name.replace("_", "-")] = value
     text = body if body is not None else (
-        f"Hello\r\n{mailcheck.BEGIN_MARKER}\r\n{digest}\r\n{mailcheck.END_MARKER}\r\n")
+        f"Hello\r\n{rfc8823.BEGIN_LINE}\r\n{digest}\r\n{rfc8823.END_LINE}\r\n")
     if html_only:
         message.set_content(f"<pre>{text}</pre>", subtype="html")
     else:
@@ -152,7 +152,7 @@ def test_challenge_mail_has_the_rfc_headers_and_a_covering_dkim_signature(tmp_pa
     assert message["Message-ID"] and message["Date"]
     assert b"\r\n" in raw and b"\n\n" not in raw.replace(b"\r\n", b"")
     assert "d=example.test" in mailcheck.dkim_findings(
-        raw, "example.test", mailcheck.CHALLENGE_SIGNED_HEADERS, dns_lookup)
+        raw, "example.test", rfc8823.CHALLENGE_SIGNED_HEADERS, dns_lookup)
 
 
 def test_imitation_switches_drop_the_signature_and_auto_submitted():
@@ -190,8 +190,8 @@ def test_replayed_reply_is_rejected(tmp_path):
 def test_digest_folded_over_lines_in_multipart_alternative_is_accepted(tmp_path):
     setup = make_ca(tmp_path)
     digest = digest_for(setup.challenge)
-    body = (f"{mailcheck.BEGIN_MARKER}\r\n{digest[:20]}\r\n{digest[20:]}\r\n"
-            f"{mailcheck.END_MARKER}\r\n")
+    body = (f"{rfc8823.BEGIN_LINE}\r\n{digest[:20]}\r\n{digest[20:]}\r\n"
+            f"{rfc8823.END_LINE}\r\n")
     assert setup.ca.handle_reply(signed(reply(setup.challenge.token_part1, digest, body=body,
                                               alternative=True)))
 
@@ -204,7 +204,7 @@ def test_digest_folded_over_lines_in_multipart_alternative_is_accepted(tmp_path)
     (lambda tp1, d: signed(reply(tp1, d), headers=[b"from", b"subject", b"date"]),
      "does not cover"),
     (lambda tp1, d: signed(reply(tp1, d, body="x\r\n"))
-     + f"{mailcheck.BEGIN_MARKER}\r\n{d}\r\n{mailcheck.END_MARKER}\r\n".encode(),
+     + f"{rfc8823.BEGIN_LINE}\r\n{d}\r\n{rfc8823.END_LINE}\r\n".encode(),
      "body hash mismatch"),
     (lambda tp1, d: signed(reply(tp1, d, html_only=True)), "not text/plain"),
     (lambda tp1, d: signed(reply(tp1, d, body="no block here\r\n")), "no BEGIN/END"),
@@ -223,7 +223,7 @@ def test_length_tag_that_leaves_body_unsigned_is_rejected(tmp_path):
     message = reply(setup.challenge.token_part1, "", body="Hello\r\n")
     raw = signed(message, length=True)
     digest = digest_for(setup.challenge)
-    raw += f"{mailcheck.BEGIN_MARKER}\r\n{digest}\r\n{mailcheck.END_MARKER}\r\n".encode()
+    raw += f"{rfc8823.BEGIN_LINE}\r\n{digest}\r\n{rfc8823.END_LINE}\r\n".encode()
     assert not setup.ca.handle_reply(raw)
     assert "leaves part of the" in last_decision(setup)
 
@@ -283,9 +283,9 @@ def test_subject_and_block_parsing():
     assert mailcheck.subject_token_part1("RE: Fwd: ACME: abc def\tghi") == "abcdefghi"
     assert mailcheck.subject_token_part1("Hello") is None
     assert mailcheck.find_response_block(
-        f"pre\n{mailcheck.BEGIN_MARKER}\nAjXW0h9_4YMP6Sv-9tKQ\nNUrapI0us7ayBn0nCGOkUsk=\n"
-        f"{mailcheck.END_MARKER}\npost") == "AjXW0h9_4YMP6Sv-9tKQNUrapI0us7ayBn0nCGOkUsk"
-    assert mailcheck.find_response_block(f"{mailcheck.BEGIN_MARKER}\nabc") is None
+        f"pre\n{rfc8823.BEGIN_LINE}\nAjXW0h9_4YMP6Sv-9tKQ\nNUrapI0us7ayBn0nCGOkUsk=\n"
+        f"{rfc8823.END_LINE}\npost") == "AjXW0h9_4YMP6Sv-9tKQNUrapI0us7ayBn0nCGOkUsk"
+    assert mailcheck.find_response_block(f"{rfc8823.BEGIN_LINE}\nabc") is None
 
 
 def test_smime_signed_challenge_verifies_and_protects_the_headers(tmp_path):
