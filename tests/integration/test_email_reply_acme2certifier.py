@@ -8,7 +8,6 @@ CA was configured with, and must sign mail that openssl accepts.
 """
 import importlib.util
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.integration.a2c_server import running_acme2certifier
+from tests.integration.smime import assert_signs_verifiable_mail
 from tests.integration.test_email_reply_mail import ALICE
 from tests.integration.test_email_reply_pkcs12 import email_reply_arguments, run_certbot
 from tests.lab.lab import Lab
@@ -24,7 +24,6 @@ from tests.lab.testca import mailbox_credentials
 #: The session's mailboxes are shared: start each test with empty INBOXes.
 pytestmark = pytest.mark.usefixtures("fresh_mailboxes")
 
-MESSAGE = b"Content-Type: text/plain\r\n\r\nSigned with a certificate from acme2certifier.\r\n"
 
 
 @pytest.fixture(name="acme2certifier_installed", autouse=True)
@@ -65,12 +64,4 @@ def test_certbot_certonly_gets_an_smime_certificate_from_acme2certifier(
     assert usage.critical and usage.value.digital_signature and usage.value.key_encipherment
     assert certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == \
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION])
-    signed = subprocess.run(
-        ["openssl", "cms", "-sign", "-signer", str(lineage / "cert.pem"),
-         "-inkey", str(lineage / "privkey.pem")],
-        input=MESSAGE, capture_output=True, check=True).stdout
-    verified = subprocess.run(
-        ["openssl", "cms", "-verify", "-CAfile", str(a2c.issuing_ca), "-purpose", "smimesign"],
-        input=signed, capture_output=True, check=False)
-    assert verified.returncode == 0, verified.stderr.decode()
-    assert verified.stdout.replace(b"\r\n", b"\n") == MESSAGE.replace(b"\r\n", b"\n")
+    assert_signs_verifiable_mail(lineage, a2c.issuing_ca)

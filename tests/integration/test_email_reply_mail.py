@@ -26,6 +26,7 @@ from certbot import achallenges, configuration, errors
 from certbot.display import util as display_util
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certbot_email import certbot_compat
 from certbot_email.protocol import identifiers
@@ -35,6 +36,7 @@ from certbot_email.reply_mailflow import FlowSettings, start_responders
 from certbot_email.reply_plugin import Authenticator
 from certbot_email.transport import dkim_dns
 from certbot_email.transport.responder import Responder
+from tests.integration.smime import assert_signs_verifiable_mail
 from tests.lab.lab import Lab
 from tests.lab.ports import HOST
 from tests.lab.testca import mailbox_credentials, running_test_ca
@@ -223,8 +225,11 @@ def test_certbot_certonly_and_renew_against_the_test_ca(
     certificate = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.RFC822Name) == [ALICE]
-    usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.digital_signature and not usage.key_agreement
+    usage = certificate.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature and not usage.value.key_agreement
+    assert certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == \
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION])
+    assert_signs_verifiable_mail(lineage, ca_root)
     renewal_conf = (tmp_path / "config" / "renewal" / f"{ALICE}.conf").read_text()
     assert "authenticator = email-reply" in renewal_conf
     assert lab.user("alice").password not in renewal_conf
