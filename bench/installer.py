@@ -15,9 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,6 +26,7 @@ from cryptography import x509  # noqa: E402
 from certbot_email_smtpext.installer import MailServerInstaller  # noqa: E402
 from certbot_email_smtpext.listeners import TlsListener  # noqa: E402
 from certbot_email_smtpext.tls_probe import ProbeError, served_certificate  # noqa: E402
+from tests.integration.handshake_load import HandshakeLoad  # noqa: E402
 from tests.lab.lab import LOOPBACK_IPS, MAIL_CERT_NAMES, Lab  # noqa: E402
 
 
@@ -75,44 +74,6 @@ def _serves(listener: TlsListener, certificate: x509.Certificate) -> bool:
         return False
 
 
-class ClientLoad:
-    """Threads that handshake with the listeners in turn, counting results per current phase."""
-
-    def __init__(self, listeners: list[TlsListener], clients: int) -> None:
-        self.listeners = listeners
-        self.phase = "idle"
-        self.results: Counter[tuple[str, bool]] = Counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(offset,), daemon=True)
-                         for offset in range(clients)]
-
-    def _run(self, offset: int) -> None:
-        """Handshake round-robin until stopped."""
-        turn = offset
-        while not self._stop.is_set():
-            listener = self.listeners[turn % len(self.listeners)]
-            turn += 1
-            phase = self.phase
-            try:
-                served_certificate(listener)
-                succeeded = True
-            except ProbeError:
-                succeeded = False
-            with self._lock:
-                self.results[phase, succeeded] += 1
-
-    def __enter__(self) -> "ClientLoad":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
 def main() -> None:
     """Run the rounds and print both medians, their ratio, and failed client handshakes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,7 +95,7 @@ def main() -> None:
         installer.restart()
         listeners = [listener for daemon in installer.daemons
                      for listener in daemon.tls_listeners()]
-        with ClientLoad(listeners, arguments.clients) as load:
+        with HandshakeLoad(listeners, arguments.clients) as load:
             for version in range(1, 2 * rounds + 1):
                 new = renew(lab, live, version)
                 variant = "installer restart()" if version % 2 else "deploy-hook reload"
@@ -152,8 +113,8 @@ def main() -> None:
     for name, values in timings.items():
         print(f"  {name:22} median {medians[name] * 1000:7.1f} ms   "
               f"min {min(values) * 1000:7.1f} ms   max {max(values) * 1000:7.1f} ms   "
-              f"client handshakes failed {load.results[name, False]} "
-              f"of {load.results[name, False] + load.results[name, True]}")
+              f"client handshakes failed {load.by_phase[name, False]} "
+              f"of {load.by_phase[name, False] + load.by_phase[name, True]}")
     ratio = medians["installer restart()"] / medians["deploy-hook reload"]
     print(f"  ratio installer/baseline: {ratio:.2f}")
 

@@ -8,7 +8,6 @@ Dovecot cannot add a line to their capability lists, §2.2-2.3).
 """
 import os
 import re
-import subprocess
 from typing import Callable, Optional, Sequence
 
 from certbot import errors
@@ -66,27 +65,13 @@ class DovecotSnippet:
         self.config_file = config_file
         self.path = snippet_path or os.path.join(self.daemon.config_dir, SNIPPET_NAME)
 
-    def _tool(self, *argv: str) -> str:
-        """A doveconf/dovecot query; its failure is a PluginError naming the command."""
-        done = subprocess.run(list(argv), capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
-                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
-        return done.stdout
-
-    def version(self) -> tuple[int, ...]:
-        """The installed Dovecot's version."""
-        return dovecot.parse_version(self._tool("dovecot", "--version"))
-
     def imap_capability(self) -> str:
         """The imap_capability in force for IMAP (``protocol imap`` filter applied)."""
-        return self._tool("doveconf", "-c", self.config_file, "-h", "-f", "protocol=imap",
-                          "imap_capability").strip()
+        return self.daemon.doveconf("-h", "-f", "protocol=imap", "imap_capability").strip()
 
     def listener_port(self, service: str, listener: str) -> Optional[int]:
         """The port of ``service``'s inet_listener ``listener`` in force, if it exists."""
-        for block in dovecot.parse_config(self._tool("doveconf", "-c", self.config_file)).blocks:
+        for block in dovecot.parse_config(self.daemon.doveconf()).blocks:
             if block.kind == "service" and block.name == service:
                 for inner in block.blocks:
                     if inner.kind == "inet_listener" and inner.name == listener:
@@ -129,7 +114,7 @@ class DovecotImap(DovecotSnippet):
 
     def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
         """Record, write the snippet, check the value in force, reload."""
-        version, current = self.version(), self.imap_capability()
+        version, current = self.daemon.version(), self.imap_capability()
         atoms = [f"ACME={value}" for value in values]
 
         def check_effective() -> None:

@@ -75,7 +75,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
 
     @classmethod
     def add_parser_arguments(cls, add: Any) -> None:
-        """Options, each documented in docs/email-capability.rst."""
+        """Options, each documented in README.rst (email-capability)."""
         add("service", type=str, default=None,
             help="Service to prove: smtp, submission, submissions, imap, imaps, pop3 or pop3s "
                  "(required)")

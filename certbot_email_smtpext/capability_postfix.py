@@ -41,21 +41,10 @@ _COLUMNS = 7
 SINGLE_PROCESS_COMMANDS = frozenset({"postscreen"})
 
 
-def endpoint_port(service_name: str) -> Optional[int]:
-    """The TCP port of a master.cf inet endpoint (``25``, ``smtp``, ``127.0.0.1:2525``)."""
-    port_name = service_name.rpartition(":")[2]
-    if port_name.isdigit():
-        return int(port_name)
-    try:
-        return socket.getservbyname(port_name, "tcp")
-    except OSError:
-        return None
-
-
 def find_service(services: Sequence[postfix.MasterService], port: int) -> postfix.MasterService:
     """The inet service listening on ``port``; exactly one, or a PluginError saying what to fix."""
     found = [service for service in services
-             if service.type == "inet" and endpoint_port(service.service) == port]
+             if service.type == "inet" and postfix.service_port(service.service) == port]
     if len(found) != 1:
         listed = ", ".join(f"{s.service}/{s.type}" for s in found) or "none"
         raise errors.PluginError(
@@ -146,16 +135,6 @@ class PostfixSwap:
         self.pythons = [python] if python else list(dict.fromkeys([sys.executable,
                                                                   FALLBACK_PYTHON]))
 
-    def _postconf(self, config_dir: str, *arguments: str) -> str:
-        """postconf -c ``config_dir``; failures name the command."""
-        argv = ["postconf", "-c", config_dir, *arguments]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
-                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
-        return done.stdout
-
     def reload_command(self) -> list[str]:
         """What restores the running daemon once master.cf is back."""
         return ["postfix", "-c", self.config_dir, "reload"]
@@ -164,13 +143,13 @@ class PostfixSwap:
         """Prepare and pre-test the responder, then swap the service and reload."""
         service = find_service(self.daemon.services(), self.port)
         name = f"{service.service}/{service.type}"
-        fields = self._postconf(self.config_dir, "-M", name).split()
-        hostname = self._postconf(self.config_dir, "-h", "myhostname").strip()
+        fields = self.daemon.postconf("-M", name).split()
+        hostname = self.daemon.postconf("-h", "myhostname").strip()
         runtime_dir = make_runtime_dir(self.spawn_user)
         state.begin("postfix", [self.reload_command()], runtime_dir)
         entry = self._tested_entry(runtime_dir, fields, hostname, values)
         state.protect(self.master_cf)
-        self._postconf(self.config_dir, "-Me", entry)
+        self.daemon.postconf("-Me", entry)
         self.daemon.reload()
 
     def _tested_entry(self, runtime_dir: str, fields: Sequence[str], hostname: str,
@@ -200,8 +179,9 @@ class PostfixSwap:
         try:
             for name in ("main.cf", "master.cf"):
                 shutil.copy2(os.path.join(self.config_dir, name), scratch)
-            self._postconf(scratch, "-Me", entry)
-            parsed = self._postconf(scratch, "-M", "/".join(endpoint)).split()
+            copy = postfix.Postfix(scratch)
+            copy.postconf("-Me", entry)
+            parsed = copy.postconf("-M", "/".join(endpoint)).split()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         expected = entry.split(" = ", 1)[1].split()

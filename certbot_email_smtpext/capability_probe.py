@@ -10,6 +10,8 @@ import ssl
 import time
 from typing import Callable, Iterable, Optional
 
+from certbot_email.protocol import capability
+
 TIMEOUT_SECONDS = 5.0
 POLL_SECONDS = 0.05
 
@@ -42,13 +44,7 @@ def _smtp(sock: socket.socket, read_line: Callable[[], str]) -> list[str]:
     while reply[-1].startswith("250-"):
         reply.append(read_line())
     sock.sendall(b"QUIT\r\n")
-    words = [line[4:].split() for line in reply if line.startswith("250")]
-    return [word[1] for word in words if len(word) == 2 and word[0].upper() == "ACME"]
-
-
-def _imap_atoms(text: str) -> list[str]:
-    """Values of ``ACME=<v>`` atoms (name case-insensitive, value exact)."""
-    return [atom[len("ACME="):] for atom in text.split() if atom.upper().startswith("ACME=")]
+    return capability.ehlo_acme_values(line for line in reply if line.startswith("250"))
 
 
 def _imap(sock: socket.socket, read_line: Callable[[], str]) -> list[str]:
@@ -56,17 +52,15 @@ def _imap(sock: socket.socket, read_line: Callable[[], str]) -> list[str]:
     greeting = read_line()
     if not greeting.upper().startswith("* OK"):
         raise ProbeError(f"IMAP greeting was {greeting!r}")
-    upper = greeting.upper()
-    if "[CAPABILITY " in upper:
-        start = upper.index("[CAPABILITY ") + len("[CAPABILITY ")
-        values = _imap_atoms(greeting[start:greeting.find("]", start)])
+    if "[CAPABILITY " in greeting.upper():
+        values = capability.imap_acme_values(greeting)
     else:
         sock.sendall(b"p1 CAPABILITY\r\n")
         values = []
         line = read_line()
         while not line.startswith("p1 "):
             if line.upper().startswith("* CAPABILITY "):
-                values += _imap_atoms(line[len("* CAPABILITY "):])
+                values += capability.imap_acme_values(line)
             line = read_line()
     sock.sendall(b"p2 LOGOUT\r\n")
     return values
@@ -80,13 +74,7 @@ def _pop3(sock: socket.socket, read_line: Callable[[], str]) -> list[str]:
     sock.sendall(b"CAPA\r\n")
     if not read_line().startswith("+OK"):
         return []
-    values = []
-    line = read_line()
-    while line != ".":
-        words = line.split()
-        if len(words) == 2 and words[0].upper() == "ACME":
-            values.append(words[1])
-        line = read_line()
+    values = capability.pop3_acme_values(iter(read_line, "."))  # the lines up to the lone dot
     sock.sendall(b"QUIT\r\n")
     return values
 

@@ -4,18 +4,15 @@ The parsing and deciding functions at the top are pure (they take doveconf's out
 `Dovecot` class below runs doveconf, doveadm and dovecot for one dovecot.conf.
 """
 import dataclasses
-import logging
 import os
 import re
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from certbot import errors
 
+from certbot_email_smtpext import commands
 from certbot_email_smtpext.checks import KeyAndChain, read_text
 from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
 #: The file we own, next to dovecot.conf; the admin's dovecot.conf only gains one include of it.
@@ -215,26 +212,21 @@ class Dovecot:
         self.config_dir = os.path.dirname(os.path.abspath(config_file))
         self.dropin = os.path.join(self.config_dir, DROPIN_NAME)
 
-    def _run(self, argv: list[str]) -> str:
-        """Run a Dovecot tool; a failure becomes a PluginError that shows its output."""
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              check=False)
-        if done.returncode != 0:
-            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
-                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
-        return done.stdout
+    def doveconf(self, *arguments: str) -> str:
+        """doveconf for our dovecot.conf: the one reader of its settings."""
+        return commands.run(["doveconf", "-c", self.config_file, *arguments])
 
-    def _doveconf(self, *arguments: str) -> str:
-        """doveconf for our dovecot.conf."""
-        return self._run(["doveconf", "-c", self.config_file, *arguments])
+    def version(self) -> tuple[int, ...]:
+        """The installed Dovecot's version, which decides the setting names and syntax."""
+        return parse_version(commands.run(["dovecot", "--version"]))
 
     def setting_names(self) -> SettingNames:
         """The certificate setting names of the installed Dovecot."""
-        return setting_names(parse_version(self._run(["dovecot", "--version"])))
+        return setting_names(self.version())
 
     def names(self) -> set[str]:
         """The hostname setting, the name the default certificate should carry."""
-        hostname = self._doveconf("-h", "hostname").strip()
+        hostname = self.doveconf("-h", "hostname").strip()
         return {hostname} if hostname else set()
 
     def deploy(self, key_path: str, fullchain_path: str,
@@ -248,7 +240,7 @@ class Dovecot:
         names = self.setting_names()
         current = read_text(self.dropin)
         dropin = parse_dropin(current or "", names)
-        dropin.enable_ssl = turns_ssl_on(self._doveconf("-h", "ssl").strip(), current)
+        dropin.enable_ssl = turns_ssl_on(self.doveconf("-h", "ssl").strip(), current)
         pairs = (KeyAndChain(key_path, fullchain_path), *alternates)
         if server_names:
             dropin.local_names.update({name.lower(): pairs for name in server_names})
@@ -286,16 +278,16 @@ class Dovecot:
     def _setting(self, setting: str, local_name: str | None = None) -> str:
         """One setting's value, for connections that ask for local_name by SNI when given."""
         scope = ("-f", f"lname={local_name}") if local_name else ()
-        return self._doveconf(*scope, "-h", setting).strip()
+        return self.doveconf(*scope, "-h", setting).strip()
 
     def config_test(self) -> None:
         """doveconf -x: unlike -n it opens every `<file`, so a missing certificate fails here."""
-        self._doveconf("-x")
+        self.doveconf("-x")
 
     def tls_listeners(self) -> list[TlsListener]:
         """The listeners whose served certificate we verify after a reload."""
         names = self.setting_names()
-        config = parse_config(self._doveconf())
+        config = parse_config(self.doveconf())
         local_names = {block.name: self._credentials(names, block.name)
                        for block in config.blocks if block.kind == "local_name"}
         return tls_listeners(config, self._credentials(names), local_names)
@@ -310,11 +302,11 @@ class Dovecot:
 
     def reload(self) -> None:
         """doveadm reload when the master runs, dovecot (start) when it does not."""
-        base_dir = self._doveconf("-h", "base_dir").strip()
+        base_dir = self.doveconf("-h", "base_dir").strip()
         if _master_alive(os.path.join(base_dir, "master.pid")):
-            self._run(["doveadm", "-c", self.config_file, "reload"])
+            commands.run(["doveadm", "-c", self.config_file, "reload"])
         else:
-            self._run(["dovecot", "-c", self.config_file])
+            commands.run(["dovecot", "-c", self.config_file])
 
 
 

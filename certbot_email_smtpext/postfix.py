@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from certbot import errors
 
+from certbot_email_smtpext import commands
 from certbot_email_smtpext.checks import KeyAndChain, pair_chain_files, read_text
 from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
 
@@ -196,6 +197,17 @@ def _security_level(parameters: Mapping[str, str]) -> str:
     return "may" if parameters.get("smtpd_use_tls") == "yes" else "none"
 
 
+def service_port(service: str) -> int | None:
+    """The TCP port of a master.cf inet service (`25`, `smtp`, `[::1]:2525`); None if unknown."""
+    port_name = service.rpartition(":")[2]
+    if port_name.isdigit():
+        return int(port_name)
+    try:
+        return socket.getservbyname(port_name, "tcp")
+    except OSError:
+        return None
+
+
 def _service_address(service: str, parameters: Mapping[str, str]) -> tuple[str, int]:
     """Where to connect to a master.cf inet service: `[host]:port`, `host:port` or `port`."""
     host, _, port_name = service.rpartition(":")
@@ -203,13 +215,11 @@ def _service_address(service: str, parameters: Mapping[str, str]) -> tuple[str, 
         host = re.split(r"[\s,]+", parameters.get("inet_interfaces", "all").strip())[0]
         if host in ("all", "loopback-only") and parameters.get("inet_protocols") == "ipv6":
             host = "::"
-    if port_name.isdigit():
-        return connect_address(host), int(port_name)
-    try:
-        return connect_address(host), socket.getservbyname(port_name, "tcp")
-    except OSError:
+    port = service_port(service)
+    if port is None:
         raise errors.PluginError(f"master.cf service {service!r}: {port_name!r} is not a port "
-                                 "number or a service name in /etc/services") from None
+                                 "number or a service name in /etc/services")
+    return connect_address(host), port
 
 
 def _credentials(parameters: Mapping[str, str]) -> tuple[KeyAndChain, ...]:
@@ -236,32 +246,21 @@ class Postfix:
         self.sni_map = os.path.join(config_dir, SNI_MAP_NAME)
         self.sni_map_reference = f"hash:{self.sni_map}"
 
-    def _run(self, argv: list[str]) -> str:
-        """Run a Postfix tool; a failure becomes a PluginError that shows its output."""
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              check=False)
-        if done.returncode != 0:
-            raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
-                                     f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
-        for line in done.stderr.splitlines():
-            logger.info("%s: %s", argv[0], line)
-        return done.stdout
-
-    def _postconf(self, *arguments: str) -> str:
-        """postconf for our config directory."""
-        return self._run(["postconf", "-c", self.config_dir, *arguments])
+    def postconf(self, *arguments: str) -> str:
+        """postconf for our config directory: the one reader and writer of main.cf/master.cf."""
+        return commands.run(["postconf", "-c", self.config_dir, *arguments])
 
     def main_parameters(self) -> dict[str, str]:
         """Every main.cf parameter with defaults and $name expansion (postconf -x)."""
-        return parse_parameters(self._postconf("-x"))
+        return parse_parameters(self.postconf("-x"))
 
     def services(self) -> list[MasterService]:
         """master.cf entries with their -o overrides."""
-        return parse_services(self._postconf("-M"), self._postconf("-x", "-P"))
+        return parse_services(self.postconf("-M"), self.postconf("-x", "-P"))
 
     def version(self) -> tuple[int, ...]:
         """The running Postfix's version, from mail_version."""
-        return parse_version(self._postconf("-h", "mail_version"))
+        return parse_version(self.postconf("-h", "mail_version"))
 
     def names(self) -> set[str]:
         """myhostname and mydomain, the names a certificate for this server should carry."""
@@ -290,7 +289,7 @@ class Postfix:
         """postconf -e the settings (backing main.cf up first); return a line per change."""
         if settings:
             before_edit(self.main_cf)
-            self._postconf("-e", *(f"{key} = {value}" for key, value in settings.items()))
+            self.postconf("-e", *(f"{key} = {value}" for key, value in settings.items()))
         return [f"{self.main_cf}: {key} = {value}" for key, value in settings.items()]
 
     def _deploy_sni(self, main: Mapping[str, str], pairs: Sequence[KeyAndChain],
@@ -324,7 +323,7 @@ class Postfix:
         with open(self.sni_map, encoding="utf-8") as source:
             _write_private(building, source.read())
         try:
-            self._run(["postmap", "-c", self.config_dir, "-F", f"hash:{building}"])
+            commands.run(["postmap", "-c", self.config_dir, "-F", f"hash:{building}"])
             os.chmod(building + ".db", 0o600)  # it holds the private keys' contents
             os.replace(building + ".db", self.sni_map + ".db")
         finally:
@@ -334,7 +333,7 @@ class Postfix:
 
     def config_test(self) -> None:
         """postfix check: catches a broken master.cf, not missing certificates (see checks)."""
-        self._run(["postfix", "-c", self.config_dir, "check"])
+        commands.run(["postfix", "-c", self.config_dir, "check"])
 
     def tls_listeners(self) -> list[TlsListener]:
         """The listeners whose served certificate we verify after a reload."""
@@ -348,7 +347,7 @@ class Postfix:
         status = subprocess.run(["postfix", "-c", self.config_dir, "status"], capture_output=True,
                                 stdin=subprocess.DEVNULL, check=False)
         command = "reload" if status.returncode == 0 else "start"
-        self._run(["postfix", "-c", self.config_dir, command])
+        commands.run(["postfix", "-c", self.config_dir, command])
 
 
 

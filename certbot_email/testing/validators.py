@@ -1,7 +1,8 @@
 """Checks for http-01, dns-01, dns-email-00 and capability-smtp/imap/pop-00.
 
-Parsing (payload scope, EHLO/CAPABILITY/CAPA text) is pure; the fetchers talk only to the
-configured DNS server and to loopback addresses it returns.
+Parsing the payload scope is pure, and so is reading EHLO/CAPABILITY/CAPA text
+(`certbot_email.protocol.capability`); the fetchers talk only to the configured DNS server and
+to loopback addresses it returns.
 """
 import dataclasses
 import http.client
@@ -14,6 +15,11 @@ import dns.exception
 import dns.resolver
 
 from certbot_email.protocol import challenges as email_challenges
+from certbot_email.protocol.capability import (
+    ehlo_acme_values,
+    imap_acme_values,
+    pop3_acme_values,
+)
 from certbot_email.testing import problems
 from certbot_email.transport import dkim_dns
 
@@ -81,40 +87,6 @@ def _scope(service: Any, port: Any, allowed: tuple[str, ...],
         raise problems.malformed(f"port {port} is not the default port {expected} of "
                                  f"{service}, and this CA accepts only default ports")
     return service, port
-
-
-def ehlo_acme_values(reply: str) -> list[str]:
-    """Parameters of ``ACME`` keyword lines in an EHLO reply (codes already stripped or not)."""
-    values = []
-    for line in reply.splitlines():
-        words = line[4:].split() if line[:3].isdigit() else line.split()
-        if words and words[0].upper() == "ACME" and len(words) == 2:
-            values.append(words[1])
-    return values
-
-
-def imap_acme_values(line: str) -> list[str]:
-    """``ACME=<value>`` atoms in a greeting's [CAPABILITY ...] code or a ``* CAPABILITY`` line."""
-    text = line
-    if "[CAPABILITY " in line.upper():
-        start = line.upper().index("[CAPABILITY ") + len("[CAPABILITY ")
-        text = line[start:line.find("]", start)]
-    elif line.upper().startswith("* CAPABILITY "):
-        text = line[len("* CAPABILITY "):]
-    else:
-        return []
-    return [atom.split("=", 1)[1] for atom in text.split()
-            if atom.upper().startswith("ACME=") and len(atom) > len("ACME=")]
-
-
-def pop3_acme_values(lines: list[str]) -> list[str]:
-    """Arguments of ``ACME <value>`` lines in a CAPA response."""
-    values = []
-    for line in lines:
-        words = line.split()
-        if len(words) == 2 and words[0].upper() == "ACME":
-            values.append(words[1])
-    return values
 
 
 def matches(advertised: list[str], digest: str) -> bool:
@@ -275,7 +247,7 @@ def _smtp_values(sock: socket.socket, local_hostname: str) -> list[str]:
     sock.sendall(b"QUIT\r\n")
     if not reply[-1].startswith("250"):
         raise ValidationFailedError("connection", f"EHLO was refused: {reply[-1]!r}")
-    return ehlo_acme_values("\n".join(reply))
+    return ehlo_acme_values(reply)
 
 
 def _imap_values(sock: socket.socket, unused_hostname: str) -> list[str]:
@@ -307,13 +279,9 @@ def _pop3_values(sock: socket.socket, unused_hostname: str) -> list[str]:
     status = read_line()
     if not status.startswith("+OK"):
         raise ValidationFailedError("connection", f"CAPA was refused: {status!r}")
-    lines = []
-    line = read_line()
-    while line != ".":
-        lines.append(line)
-        line = read_line()
+    values = pop3_acme_values(iter(read_line, "."))  # the lines up to the lone dot
     sock.sendall(b"QUIT\r\n")
-    return pop3_acme_values(lines)
+    return values
 
 
 CHECKS: dict[str, Callable[[Network, Attempt], str]] = {

@@ -5,28 +5,14 @@ each test.
 """
 import subprocess
 import sys
-import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from certbot_email_smtpext.listeners import TlsListener, TlsStart
-from certbot_email_smtpext.tls_probe import ProbeError, served_certificate
-from tests.integration.test_installers import (
-    NAME,
-    certbot,
-    fresh_config,
-    installer_options,
-    lab_certificate,
-    leaf,
-    listeners,
-    live,
-    mail_lab,
-    served,
-    snapshot,
-    standalone,
-)
+from certbot_email_smtpext.listeners import TlsStart
+from tests.integration import test_installers as installers
+from tests.integration.handshake_load import HandshakeLoad
+from tests.integration.test_installers import fresh_config, mail_lab
 from tests.lab import Lab
 
 pytestmark = pytest.mark.integration
@@ -47,7 +33,7 @@ sys.exit(main(sys.argv[1:]))
 """
 RENEWALS = 10
 MAX_HANDSHAKES = 100_000  # bounds the client loop should a renewal hang
-PAUSE_SECONDS = 0.02
+PAUSE_SECONDS = 0.02  # leave the 2 cores to certbot and the daemons
 
 
 def certbot_killed_at(lab: Lab, root: Path, target: str,
@@ -65,36 +51,43 @@ def test_deploy_killed_between_the_two_daemons_is_undone_by_the_next_run(mail_la
                                                                          tmp_path):
     main_cf = mail_lab.postfix.etc / "main.cf"
     killed = certbot_killed_at(mail_lab, tmp_path, "dovecot.Dovecot.deploy", "run",
-                               *standalone(mail_lab), *installer_options(mail_lab, "mailserver"))
+                               *installers.standalone(mail_lab),
+                               *installers.installer_options(mail_lab, "mailserver"))
     assert killed.returncode == -9, killed.stderr
     assert main_cf.read_bytes() != fresh_config[main_cf][0]  # Postfix's edit was made
-    assert set(served(mail_lab).values()) == {lab_certificate(mail_lab)}  # nothing reloaded
+    # nothing reloaded
+    assert set(installers.served(mail_lab).values()) == {installers.lab_certificate(mail_lab)}
 
     # the next run's prepare() undoes the half-made edit before deploying again
-    again = certbot(mail_lab, tmp_path, "install", "--cert-name", NAME,
-                    *installer_options(mail_lab, "mailserver"))
+    again = installers.certbot(mail_lab, tmp_path, "install", "--cert-name", installers.NAME,
+                               *installers.installer_options(mail_lab, "mailserver"))
     assert again.returncode == 0, again.stderr
-    assert set(served(mail_lab).values()) == {leaf(live(tmp_path, "cert.pem"))}
+    assert set(installers.served(mail_lab).values()) == \
+        {installers.leaf(installers.live(tmp_path, "cert.pem"))}
     # ... so its checkpoint is the only one, and rolling it back gives the original files
-    rolled_back = certbot(mail_lab, tmp_path, "rollback", "--checkpoints", "1",
-                          *installer_options(mail_lab, "mailserver"))
+    rolled_back = installers.certbot(mail_lab, tmp_path, "rollback", "--checkpoints", "1",
+                                     *installers.installer_options(mail_lab, "mailserver"))
     assert rolled_back.returncode == 0, rolled_back.stderr
-    assert contents(snapshot(mail_lab)) == contents(fresh_config)
-    assert set(served(mail_lab).values()) == {lab_certificate(mail_lab)}
+    assert contents(installers.snapshot(mail_lab)) == contents(fresh_config)
+    assert set(installers.served(mail_lab).values()) == {installers.lab_certificate(mail_lab)}
 
 
 def test_killed_before_the_reload_is_completed_by_the_next_renewal(mail_lab, fresh_config,
                                                                    tmp_path):
     killed = certbot_killed_at(mail_lab, tmp_path, "postfix.Postfix.reload", "run",
-                               *standalone(mail_lab), *installer_options(mail_lab, "mailserver"))
+                               *installers.standalone(mail_lab),
+                               *installers.installer_options(mail_lab, "mailserver"))
     assert killed.returncode == -9, killed.stderr
-    edited = snapshot(mail_lab)
+    edited = installers.snapshot(mail_lab)
     assert "certbot-email.conf" in (mail_lab.dovecot.dir / "dovecot.conf").read_text()
 
-    renewed = certbot(mail_lab, tmp_path, "renew", "--force-renewal", "--no-random-sleep-on-renew")
+    renewed = installers.certbot(mail_lab, tmp_path, "renew", "--force-renewal",
+                                 "--no-random-sleep-on-renew")
     assert renewed.returncode == 0, renewed.stderr
-    assert set(served(mail_lab).values()) == {leaf(live(tmp_path, "cert.pem"))}
-    assert contents(snapshot(mail_lab)) == contents(edited)  # what the killed run wrote stands
+    assert set(installers.served(mail_lab).values()) == \
+        {installers.leaf(installers.live(tmp_path, "cert.pem"))}
+    # what the killed run wrote stands
+    assert contents(installers.snapshot(mail_lab)) == contents(edited)
 
 
 def contents(files: dict[Path, tuple[bytes, int] | None]) -> dict[Path, bytes | None]:
@@ -103,55 +96,24 @@ def contents(files: dict[Path, tuple[bytes, int] | None]) -> dict[Path, bytes | 
             if path.name != ".certbot.lock"}
 
 
-class Handshakes:
-    """A thread per listener that handshakes in a loop and counts successes and failures."""
-
-    def __init__(self, targets: list[TlsListener]) -> None:
-        self.counts: Counter[tuple[str, bool]] = Counter()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(target,)) for target in targets]
-
-    def _loop(self, target: TlsListener) -> None:
-        """Handshake until stopped (or MAX_HANDSHAKES)."""
-        for _ in range(MAX_HANDSHAKES):
-            if self._stop.wait(PAUSE_SECONDS):  # leave the 2 cores to certbot and the daemons
-                return
-            try:
-                served_certificate(target)
-                self.counts[str(target), True] += 1
-            except ProbeError as error:
-                self.counts[str(target), False] += 1
-                self.errors.append(f"{target}: {error}")
-
-    def __enter__(self) -> "Handshakes":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
 def test_clients_see_no_failed_handshake_during_renewals(mail_lab, fresh_config, tmp_path):
-    deployed = certbot(mail_lab, tmp_path, "run", *standalone(mail_lab),
-                       *installer_options(mail_lab, "mailserver"))
+    deployed = installers.certbot(mail_lab, tmp_path, "run", *installers.standalone(mail_lab),
+                                  *installers.installer_options(mail_lab, "mailserver"))
     assert deployed.returncode == 0, deployed.stderr
-    targets = [listener for listener in listeners(mail_lab)
+    targets = [listener for listener in installers.listeners(mail_lab)
                if listener.start in (TlsStart.SMTP, TlsStart.IMPLICIT)
                and listener.service in ("smtp", "imaps")]
     serials = set()
-    with Handshakes(targets) as load:
+    with HandshakeLoad(targets, len(targets), PAUSE_SECONDS, MAX_HANDSHAKES) as load:
         for _ in range(RENEWALS):
-            renewed = certbot(mail_lab, tmp_path, "renew", "--force-renewal",
-                              "--no-random-sleep-on-renew")
+            renewed = installers.certbot(mail_lab, tmp_path, "renew", "--force-renewal",
+                                         "--no-random-sleep-on-renew")
             assert renewed.returncode == 0, renewed.stderr
-            serials.add(leaf(live(tmp_path, "cert.pem")).serial_number)
+            serials.add(installers.leaf(installers.live(tmp_path, "cert.pem")).serial_number)
     assert len(serials) == RENEWALS
     assert load.errors == []
     for target in targets:
-        assert load.counts[str(target), True] >= RENEWALS, load.counts
-        assert load.counts[str(target), False] == 0
-    assert set(served(mail_lab).values()) == {leaf(live(tmp_path, "cert.pem"))}
+        assert load.by_listener[str(target), True] >= RENEWALS, load.by_listener
+        assert load.by_listener[str(target), False] == 0
+    assert set(installers.served(mail_lab).values()) == \
+        {installers.leaf(installers.live(tmp_path, "cert.pem"))}

@@ -109,7 +109,8 @@ def test_wrong_txt_invalidates_and_order_cannot_finalize(testca):
     assert caught.value.typ.endswith("orderNotReady")
 
 
-def test_csr_that_does_not_match_the_order_is_bad_csr(testca):
+def authorized_dns01_order(testca):
+    """An order for HOST whose authorization dns-01 has made valid, ready for finalize."""
     client = rawclient.RawClient(testca.directory_url, testca.root_path)
     client.register()
     order = client.new_order("dns", (HOST,))
@@ -117,6 +118,11 @@ def test_csr_that_does_not_match_the_order_is_bad_csr(testca):
     testca.records[f"_acme-challenge.{HOST}"] = [challb.chall.validation(client.key)]
     client.answer(challb, challb.chall.response(client.key))
     assert client.wait_authz(order.authorizations[0]).body.status == messages.STATUS_VALID
+    return client, order
+
+
+def test_csr_that_does_not_match_the_order_is_bad_csr(testca):
+    client, order = authorized_dns01_order(testca)
     for names, srv in [((HOST, "www.example.test"), ()), ((HOST,), (("imaps", HOST),))]:
         with pytest.raises(acme_errors.Error) as caught:
             client.acme.begin_finalization(order.update(
@@ -222,13 +228,7 @@ def test_console_script_serves_and_stops(tmp_path):
 
 
 def test_srv_name_after_dns01_needs_the_policy_switch(testca):
-    client = rawclient.RawClient(testca.directory_url, testca.root_path)
-    client.register()
-    order = client.new_order("dns", (HOST,))
-    challb = client.challenge(order.authorizations[0], "dns-01")
-    testca.records[f"_acme-challenge.{HOST}"] = [challb.chall.validation(client.key)]
-    client.answer(challb, challb.chall.response(client.key))
-    assert client.wait_authz(order.authorizations[0]).body.status == messages.STATUS_VALID
+    client, order = authorized_dns01_order(testca)
     csr = rawclient.make_csr(rawclient.new_key(), (HOST,), srv=(("submission", HOST),))
     with pytest.raises(acme_errors.Error):
         client.acme.begin_finalization(order.update(csr_pem=csr))
@@ -255,13 +255,7 @@ def test_fuzzed_posts_get_problem_documents(testca, path, body):
 
 
 def test_signed_fuzzed_finalize_payloads_are_bad_csr_or_malformed(testca):
-    client = rawclient.RawClient(testca.directory_url, testca.root_path)
-    client.register()
-    order = client.new_order("dns", (HOST,))
-    challb = client.challenge(order.authorizations[0], "dns-01")
-    testca.records[f"_acme-challenge.{HOST}"] = [challb.chall.validation(client.key)]
-    client.answer(challb, challb.chall.response(client.key))
-    client.wait_authz(order.authorizations[0])
+    client, order = authorized_dns01_order(testca)
     kid = client.net.account.uri
 
     @settings(max_examples=40, deadline=None)

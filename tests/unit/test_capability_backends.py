@@ -55,13 +55,6 @@ def test_listener_is_named_service_slash_listener():
 
 # -- Postfix master.cf ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("endpoint, port", [("25", 25), ("smtp", 25), ("submission", 587),
-                                            ("127.0.0.1:2525", 2525), ("[::1]:10025", 10025),
-                                            ("no-such-service", None)])
-def test_endpoint_port(endpoint, port):
-    assert postfix_backend.endpoint_port(endpoint) == port
-
-
 def test_find_service_wants_exactly_one_inet_service_on_the_port():
     services = [MasterService("smtp", "inet", "postscreen", {}),
                 MasterService("smtpd", "pass", "smtpd", {}),

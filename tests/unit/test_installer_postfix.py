@@ -132,6 +132,13 @@ def test_legacy_cert_and_key_files_are_the_credentials():
     assert smtp.credentials == (KeyAndChain("/k.pem", "/c.pem"),)
 
 
+@pytest.mark.parametrize("service, port", [("25", 25), ("smtp", 25), ("submission", 587),
+                                           ("127.0.0.1:2525", 2525), ("[::1]:10025", 10025),
+                                           ("no-such-service", None)])
+def test_service_port(service, port):
+    assert postfix.service_port(service) == port
+
+
 def test_unknown_service_name_is_an_error():
     unknown = [postfix.MasterService("no-such-service", "inet", "smtpd", {})]
     with pytest.raises(errors.PluginError, match="'no-such-service' is not a port number"):

@@ -1,4 +1,4 @@
-"""email-tls response scopes and the capability parsers, against the draft's examples (V1-V5)."""
+"""email-tls response scopes and checks, against the draft's examples (V1-V5)."""
 import pytest
 
 from certbot_email.testing import problems, validators
@@ -64,30 +64,6 @@ def test_arrays_of_different_lengths_are_malformed():
     with pytest.raises(problems.AcmeProblemError):
         validators.parse_scopes("dns-email-00", {"services": ["imap", "imaps"], "ports": [143]},
                                 True, True)
-
-
-def test_ehlo_reply_from_the_draft():
-    reply = "\n".join(["250-mail.example.net Hello", "250-SIZE 10240000", "250-STARTTLS",
-                       f"250-ACME {DIGEST}", "250 8BITMIME"])
-    assert validators.ehlo_acme_values(reply) == [DIGEST]
-
-
-def test_ehlo_acme_without_parameter_gives_nothing():
-    assert validators.ehlo_acme_values("250-x\n250-ACME\n250 OK") == []
-
-
-def test_imap_greeting_and_capability_response():
-    greeting = (f"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED LITERAL+ ENABLE STARTTLS "
-                f"ACME={DIGEST}] Example IMAP4rev1 server ready")
-    assert validators.imap_acme_values(greeting) == [DIGEST]
-    assert validators.imap_acme_values(f"* CAPABILITY IMAP4rev1 STARTTLS ACME={DIGEST}") \
-        == [DIGEST]
-    assert validators.imap_acme_values("* CAPABILITY IMAP4rev1 ACME") == []
-
-
-def test_pop3_capa_lines():
-    assert validators.pop3_acme_values(["TOP", "USER", f"ACME {DIGEST}", "STLS"]) == [DIGEST]
-    assert validators.pop3_acme_values(["ACME"]) == []
 
 
 def test_padded_value_matches():
