@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: A challenge mail is a few kilobytes; anything larger is refused before parsing.
 MAX_MAIL_BYTES = 256 * 1024
+#: A CR not followed by LF: line ends on which the stdlib and dkimpy disagree.
+_BARE_CR = re.compile(rb"\r(?!\n)")
 #: Deeper MIME nesting than this is not a CA's challenge mail.
 MAX_MIME_DEPTH = 5
 #: token-part1 MUST carry at least 128 bits (RFC 8823 §3.1).
@@ -164,6 +166,11 @@ def _parse(raw: bytes) -> email.message.EmailMessage:
     """Parse with the modern policy, which decodes encoded words and unfolds headers."""
     if len(raw) > MAX_MAIL_BYTES:
         raise MailRejectedError(Rule.TOO_LARGE, f"{len(raw)} bytes, limit {MAX_MAIL_BYTES}")
+    header_block = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
+    if _BARE_CR.search(header_block):
+        # The stdlib ends a header line there and dkimpy does not: a header hidden behind a bare
+        # CR would be unsigned to DKIM yet real to us (a smuggled Reply-To, say).
+        raise MailRejectedError(Rule.MALFORMED, "bare CR in the header block")
     try:
         message = email.message_from_bytes(raw, policy=email.policy.default)
     except Exception as error:  # noqa: BLE001 - the stdlib parser raises many types on junk

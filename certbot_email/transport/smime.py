@@ -21,6 +21,7 @@ def openssl_verifier(ca_file: str, openssl: str = "openssl") -> SmimeVerifier:
             try:
                 result = subprocess.run(
                     [openssl, "cms", "-verify", "-inform", "SMIME", "-CAfile", ca_file,
+                     "-no-CApath", "-no-CAstore",  # not the system's CAs, only ca_file
                      "-purpose", "smimesign", "-signer", signer_file],
                     input=raw, capture_output=True, timeout=OPENSSL_TIMEOUT, check=False)
             except (OSError, subprocess.TimeoutExpired) as error:

@@ -190,6 +190,9 @@ HOSTILE: dict[str, tuple[Rule, object]] = {
         Rule.TOKEN_SYNTAX, lambda k: sign(k, mail(headers(Subject="ACME:")))),
     "huge message": (
         Rule.TOO_LARGE, lambda k: mail(body="x" * 76 + "\r\n") * (MAX_MAIL_BYTES // 80 + 1)),
+    "Reply-To smuggled behind a bare CR in an unsigned header": (
+        Rule.MALFORMED,
+        lambda k: b"X-Relay: ok\rReply-To: evil@evil.example\r\n" + sign(k, mail())),
     "nested multiparts": (
         Rule.NESTED_TOO_DEEP, lambda k: sign(k, mail(*_nested(12)))),
 }

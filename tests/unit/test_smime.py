@@ -1,5 +1,6 @@
 """S/MIME-signed challenge mails, verified by the openssl CLI against CAs made in the test."""
 import datetime
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,21 @@ def test_signed_by_a_trusted_ca_for_from_is_accepted(judge: ChallengeMailJudge,
 
 def test_signed_by_an_untrusted_ca(judge: ChallengeMailJudge) -> None:
     assert rule(judge, smime_signed(mail(), Issuer("Some other CA"))) is Rule.SMIME_INVALID
+
+
+def test_the_systems_trusted_cas_do_not_count(judge: ChallengeMailJudge, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    other = Issuer("A CA the system trusts")
+    system = tmp_path / "system-certs"
+    system.mkdir()
+    other.write(system / "other.pem")
+    subject_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in",
+                                   str(system / "other.pem")], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+    (system / f"{subject_hash}.0").symlink_to("other.pem")
+    monkeypatch.setenv("SSL_CERT_DIR", str(system))
+    monkeypatch.setenv("SSL_CERT_FILE", str(system / "other.pem"))
+    assert rule(judge, smime_signed(mail(), other)) is Rule.SMIME_INVALID
 
 
 def test_signer_certificate_for_another_address(judge: ChallengeMailJudge,
