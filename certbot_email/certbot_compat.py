@@ -30,14 +30,16 @@ class CsrProfile:
 
     ``mailbox_key_usage`` is an ``x509.KeyUsage`` factory taking the private key (S/MIME,
     RFC 8823 §3.3); ``srv_names`` are ``(service, host)`` pairs added as RFC 4985 SRVNames
-    for hosts that are in the CSR.
+    for hosts that are in the CSR. A profile serves the next CSR only: ``certbot renew`` runs
+    every lineage in one process, and another lineage's CSR must not inherit it.
     """
 
     mailbox_key_usage: Optional[Callable[[Any], Any]] = None
     srv_names: Sequence[tuple[str, str]] = ()
 
 
-#: Set by the running plugin's ``prepare()``; one certbot run requests one kind of certificate.
+#: Set by our plugin's ``prepare()`` (certbot prepares it before making that lineage's CSR);
+#: taken by the ``make_csr`` hook, which leaves a fresh, empty one behind.
 csr_profile = CsrProfile()
 
 _failures: dict[str, str] = {}
@@ -119,11 +121,12 @@ def _wrap_make_csr(original: Callable[..., bytes]) -> Callable[..., bytes]:
                  must_staple: bool = False,
                  ipaddrs: Optional[Sequence[Union[ipaddress.IPv4Address,
                                                   ipaddress.IPv6Address]]] = None) -> bytes:
+        global csr_profile  # pylint: disable=global-statement
+        profile, csr_profile = csr_profile, CsrProfile()
         names = list(domains or ())
         mailboxes = [name for name in names if identifiers.is_mailbox(name)]
         hosts = [name for name in names if not identifiers.is_mailbox(name)]
-        srv_names = [(service, host) for service, host in csr_profile.srv_names
-                     if host in hosts]
+        srv_names = [(service, host) for service, host in profile.srv_names if host in hosts]
         if not mailboxes and not srv_names:
             return original(private_key_pem, domains, must_staple, ipaddrs)
         key = serialization.load_pem_private_key(private_key_pem, password=None)
@@ -134,8 +137,8 @@ def _wrap_make_csr(original: Callable[..., bytes]) -> Callable[..., bytes]:
         builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names),
                                         critical=False)
-        if mailboxes and csr_profile.mailbox_key_usage is not None:
-            builder = builder.add_extension(csr_profile.mailbox_key_usage(key), critical=True)
+        if mailboxes and profile.mailbox_key_usage is not None:
+            builder = builder.add_extension(profile.mailbox_key_usage(key), critical=True)
         if must_staple:
             builder = builder.add_extension(
                 x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)

@@ -109,6 +109,20 @@ def test_srv_names_of_the_profile_join_hosts_in_the_csr():
     assert csr.srv_names(names) == ["_imaps.mail.example.test"]
 
 
+def test_a_profile_serves_one_csr_so_later_lineages_do_not_inherit_it():
+    certbot_compat.csr_profile.srv_names = [("imaps", "mail.example.test")]
+    certbot_compat.csr_profile.mailbox_key_usage = \
+        lambda key: csr.mailbox_key_usage(MailboxKeyUsage.SIGN, key)
+    first = x509.load_pem_x509_csr(acme_crypto_util.make_csr(KEY_PEM, ["mail.example.test"]))
+    assert csr.srv_names(first.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value) == ["_imaps.mail.example.test"]
+    assert acme_crypto_util.make_csr(KEY_PEM, ["mail.example.test"]) == \
+        _original("make_csr")(KEY_PEM, ["mail.example.test"])
+    mailbox = x509.load_pem_x509_csr(acme_crypto_util.make_csr(KEY_PEM, ["alice@example.test"]))
+    with pytest.raises(x509.ExtensionNotFound):
+        mailbox.extensions.get_extension_for_class(x509.KeyUsage)
+
+
 def test_new_order_retypes_only_names_with_at_sign():
     order = messages.NewOrder(identifiers=[
         messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="alice@example.test"),
