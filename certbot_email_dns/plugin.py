@@ -222,6 +222,7 @@ class Authenticator(dns_common.DNSAuthenticator):
 
     def _publish(self, achall: achallenges.AnnotatedChallenge) -> challenges.ChallengeResponse:
         """Add the challenge's TXT record(s) at the (CNAME-followed) owner names."""
+        from certbot_email_dns import rfc2136
         assert self._client is not None
         identifier = achall.identifier.value
         value = achall.validation(achall.account_key)
@@ -236,8 +237,15 @@ class Authenticator(dns_common.DNSAuthenticator):
         for owner in owners:
             name = self._client.follow_cnames(owner)
             zone = self._zone_for(name)
-            self._client.add_txt(zone, name, value, TTL)
-            self._published.setdefault(value, []).append(Published(zone, name, value))
+            # Remembered first: an update the server applied but whose answer was lost must
+            # still be deleted; only a refusal says for sure that nothing was added.
+            record = Published(zone, name, value)
+            self._published.setdefault(value, []).append(record)
+            try:
+                self._client.add_txt(zone, name, value, TTL)
+            except rfc2136.RFC2136RefusedError:
+                self._published[value].remove(record)
+                raise
             logger.info("Added TXT %r at %s (zone %s)", value, name, zone)
         return response
 

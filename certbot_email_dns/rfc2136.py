@@ -55,6 +55,10 @@ class RFC2136Error(Exception):
     """An update or lookup failed; the message names the server, the name and the likely cause."""
 
 
+class RFC2136RefusedError(RFC2136Error):
+    """The server answered and refused: unlike a lost answer, nothing was changed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
     """A DNS server: the address we connect to, the port, and the name the user gave."""
@@ -72,10 +76,11 @@ class Endpoint:
 
 @dataclasses.dataclass(frozen=True)
 class TSIGKey:
-    """A TSIG key: its name (with trailing dot), base64 secret and algorithm."""
+    """A TSIG key: its name (with trailing dot), base64 secret and algorithm; the secret never
+    shows in a repr, so no log line or traceback can carry it."""
 
     name: str
-    secret: str
+    secret: str = dataclasses.field(repr=False)
     algorithm: dns.name.Name = ALGORITHMS[DEFAULT_ALGORITHM]
 
     def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
@@ -259,12 +264,13 @@ class RFC2136Client:
                                f"{dns.rcode.to_text(rcode)}")
         return answer
 
-    def _refusal(self, what: str, code: str, zone: Optional[dns.name.Name]) -> RFC2136Error:
+    def _refusal(self, what: str, code: str,
+                 zone: Optional[dns.name.Name]) -> RFC2136RefusedError:
         """The error for a refused update, with the likely cause of ``code``."""
         cause = REFUSAL_CAUSES.get(code, "see the server's log")
         cause = cause.format(key=dns.name.from_text(self.key.name).to_text(),
                              zone=zone.to_text() if zone else "?")
-        return RFC2136Error(f"{what}: DNS server {self.server} answered {code}: {cause}")
+        return RFC2136RefusedError(f"{what}: DNS server {self.server} answered {code}: {cause}")
 
 
 def _quoted(value: str) -> str:

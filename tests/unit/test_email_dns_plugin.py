@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import dns.exception
 import dns.name
 import dns.opcode
 import dns.rcode
@@ -152,6 +153,36 @@ def test_refusal_becomes_plugin_error_naming_the_key(make_plugin, server):
     with pytest.raises(errors.PluginError,
                        match="rejected TSIG key 'acme-key.': check the key name"):
         authenticator.perform([make_achall(dns01())])
+
+
+def test_update_applied_but_answer_lost_is_still_cleaned_up(make_plugin, server, monkeypatch):
+    real_exchange, answers_lost = server.exchange, [True]
+
+    def exchange(message, endpoint, timeout):
+        answer = real_exchange(message, endpoint, timeout)
+        if message.opcode() == dns.opcode.UPDATE and answers_lost[0]:
+            raise dns.exception.Timeout
+        return answer
+    monkeypatch.setattr(server, "exchange", exchange)
+    authenticator = make_plugin()
+    achall = make_achall(dns01())
+    with pytest.raises(errors.PluginError, match="did not answer"):
+        authenticator.perform([achall])
+    assert txt_values(server)  # the server did add it
+    answers_lost[0] = False
+    authenticator.cleanup([achall])
+    assert txt_values(server) == {}
+
+
+def test_refused_update_is_not_deleted_again(make_plugin, server):
+    server.update_rcode = dns.rcode.REFUSED
+    authenticator = make_plugin()
+    achall = make_achall(dns01())
+    with pytest.raises(errors.PluginError, match="REFUSED"):
+        authenticator.perform([achall])
+    updates_before_cleanup = len(server.sent)
+    authenticator.cleanup([achall])
+    assert len(server.sent) == updates_before_cleanup
 
 
 def test_configured_zone_is_used(make_plugin, server):

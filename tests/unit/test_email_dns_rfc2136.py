@@ -336,3 +336,8 @@ def test_wait_keeps_waiting_for_a_refused_connection():
     with pytest.raises(propagation.PropagationTimeoutError, match="Connection refused"):
         propagation.wait_until_served([PRIMARY], [(NAME, "v")], timeout=1, exchange=exchange,
                                       clock=lambda: clock.now, sleep=clock.sleep)
+
+
+def test_tsig_secret_never_shows_in_a_repr():
+    key = rfc2136.TSIGKey("acme-key.", "c2VjcmV0LXRzaWcta2V5")
+    assert "acme-key." in repr(key) and "c2VjcmV0" not in repr(key)
