@@ -7,14 +7,26 @@ from certbot import errors
 
 logger = logging.getLogger(__name__)
 
+#: A stuck tool (a hung NFS mount, a wedged master) must not hang `certbot renew` for ever.
+TIMEOUT_SECONDS = 120
+
 
 def run(argv: Sequence[str]) -> str:
     """Run a tool for its stdout: a failure becomes a PluginError showing its output."""
-    done = subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          check=False)
+    done = status(argv)
     if done.returncode != 0:
         raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
                                  f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
     for line in done.stderr.splitlines():
         logger.info("%s: %s", argv[0], line)
     return done.stdout
+
+
+def status(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run a tool whose exit status is the answer; only a hang is an error."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise errors.PluginError(f"`{' '.join(argv)}` did not finish within {TIMEOUT_SECONDS} s; "
+                                 "check that the daemon and its config directory respond") from None

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from certbot import errors
@@ -344,9 +343,8 @@ class Postfix:
         """Rebuild our SNI table (renewed files), then postfix reload, or start when stopped."""
         if self.sni_entries(self.main_parameters()):
             self.rebuild_sni_map()
-        status = subprocess.run(["postfix", "-c", self.config_dir, "status"], capture_output=True,
-                                stdin=subprocess.DEVNULL, check=False)
-        command = "reload" if status.returncode == 0 else "start"
+        running = commands.status(["postfix", "-c", self.config_dir, "status"]).returncode == 0
+        command = "reload" if running else "start"
         commands.run(["postfix", "-c", self.config_dir, command])
 
 
