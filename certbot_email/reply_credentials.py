@@ -115,7 +115,19 @@ class MailboxCredentials:
             password=section.get("smtp_password") or mailbox.password,
             local_hostname=section.get("smtp_helo") or address.rpartition("@")[2],
             ca_file=ca_file)
+        for key, password in ((f"{prefix}_password", mailbox.password),
+                              ("smtp_password", smtp.password)):
+            if protocol is MailProtocol.IMAP or key == "smtp_password":
+                self._require_ascii(key, password, address)
         return mailbox, smtp
+
+    def _require_ascii(self, key: str, password: str, address: str) -> None:
+        """IMAP LOGIN and SMTP AUTH as Python speaks them take ASCII only; say so up front,
+        naming the key but never quoting the password (the library's error would)."""
+        if not password.isascii():
+            raise errors.PluginError(
+                f"{key} for {address} in {self.path} has characters outside ASCII, which IMAP "
+                "LOGIN and SMTP AUTH cannot send; use an ASCII (app) password")
 
     def _choice(self, section: configparser.SectionProxy, key: str, address: str,
                 choices: type[_Choice], default: _Choice) -> _Choice:

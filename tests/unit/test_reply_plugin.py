@@ -184,6 +184,16 @@ def test_bad_values_are_named(tmp_path: Any, line: str, complaint: str) -> None:
         credentials(tmp_path, text).for_address(ALICE)
 
 
+@pytest.mark.parametrize("text", [
+    "imap_host = h\nimap_user = u\nimap_password = pässwörd\n",
+    "imap_host = h\nimap_user = u\nimap_password = p\nsmtp_password = pässwörd\n",
+])
+def test_non_ascii_password_is_refused_without_quoting_it(tmp_path: Any, text: str) -> None:
+    with pytest.raises(errors.PluginError, match="_password for .* outside ASCII") as caught:
+        credentials(tmp_path, text).for_address(ALICE)
+    assert "ä" not in str(caught.value) and "pässwörd" not in str(caught.value)
+
+
 def test_parse_error_names_the_line_not_its_secret(tmp_path: Any) -> None:
     with pytest.raises(errors.PluginError, match="line 2") as caught:
         credentials(tmp_path, "imap_host = h\nhunter2-no-equals-sign\n")
