@@ -3,10 +3,10 @@ the affected listener did not serve real traffic, against `certbot certonly --st
 (http-01) issued by the same test CA in the same run.
 
 A client thread loops on the listener for the whole run, classifying every connection by its
-greeting: the real daemon (Postfix or Dovecot), our responder, or a failure (refused, reset,
-closed). "Not real" is the longest stretch between two real answers with something else in
-between; "answered nobody" the same for failures alone. Backends and the baseline alternate
-round by round so machine noise hits all alike.
+greeting: the real daemon (Postfix or Dovecot, also through the postfix backend's relay), our
+responder, or a failure (refused, reset, closed). "Not real" is the longest stretch between two
+real answers with something else in between; "answered nobody" the same for failures alone.
+Backends and the baseline alternate round by round so machine noise hits all alike.
 
     python bench/email_capability.py [--rounds N]
 """
@@ -35,6 +35,7 @@ CERTBOT = str(Path(sys.executable).with_name("certbot"))
 VARIANTS = {
     "dovecot (imap)": ("imap", []),
     "postfix (submission)": ("submission", []),
+    "postfix relay (submission)": ("submission", ["--email-capability-postfix-mode", "relay"]),
     "standalone (pop3)": ("pop3", ["--email-capability-dovecot-listener", "pop3-login/pop3"]),
 }
 REAL_GREETINGS = (b"ESMTP Postfix", b"Dovecot")
@@ -121,8 +122,8 @@ def main() -> None:
     refusals: dict[str, list[float]] = {name: [] for name in VARIANTS}
     try:
         for round_number in range(rounds):
-            for name, (service, extra) in VARIANTS.items():
-                root = work / f"{round_number}-{service}"
+            for index, (name, (service, extra)) in enumerate(VARIANTS.items()):
+                root = work / f"{round_number}-{index}-{service}"  # fresh: nothing to renew
                 with ListenerWatch(getattr(lab.ports, service)) as watch:
                     walls[name].append(certbot(ca, root, *capability_options(lab, service),
                                                *extra))
@@ -146,7 +147,7 @@ def main() -> None:
                   f"{max(refusals[name]) * 1000:5.1f} ms" if name in outages
                   else "(http-01 on its own port, no mail listener)")
         median = statistics.median(times)
-        print(f"  {name:24} {median:6.2f} s  x{median / baseline:.2f}  {outage}")
+        print(f"  {name:26} {median:6.2f} s  x{median / baseline:.2f}  {outage}")
 
 
 if __name__ == "__main__":

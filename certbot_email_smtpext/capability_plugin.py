@@ -41,6 +41,7 @@ CHALLENGE_OF_PROTOCOL: dict[str, type[challenges.Challenge]] = {
 #: The backend ``auto`` picks: the one that changes the least for each protocol.
 AUTO_BACKEND = {"smtp": "postfix", "imap": "dovecot", "pop3": "standalone"}
 BACKENDS = ("auto", "dovecot", "postfix", "standalone")
+POSTFIX_MODES = ("responder", "relay")
 #: RFC 7817 and RFC 6186 define no SRV-ID for MTA-to-MTA smtp, so --srv-names skips it.
 NO_SRV_NAME = frozenset({"smtp"})
 DEFAULT_POSTFIX_CONFIG_DIR = "/etc/postfix"
@@ -92,6 +93,9 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
             help="Our temporary Dovecot snippet (default: certbot-email-capability.conf next "
                  "to dovecot.conf; an !include_try of it is added for the validation if "
                  "dovecot.conf does not include it)")
+        add("postfix-mode", type=str, default="responder",
+            help="postfix: responder (new sessions get 421 during the validation) or relay "
+                 "(they reach a hidden copy of smtpd, which only gains the ACME lines)")
         add("spawn-user", type=str, default="nobody",
             help="postfix: unprivileged user spawn(8) runs the responder as")
         add("spawn-python", type=str, default=None,
@@ -164,7 +168,8 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         if name == "postfix":
             from certbot_email_smtpext.capability_postfix import PostfixSwap
             return PostfixSwap(self.conf("postfix-config-dir"), self.port, implicit_tls,
-                               self.conf("spawn-user"), self.conf("spawn-python"))
+                               self.conf("spawn-user"), self.conf("spawn-python"),
+                               self.conf("postfix-mode"))
         from certbot_email_smtpext import capability_dovecot
         if name == "dovecot":
             return capability_dovecot.DovecotImap(self.conf("dovecot-config"),
@@ -209,6 +214,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         self._service = service
         if self._backend_name() == "standalone":
             self._listener_release()
+        self._check_postfix_mode()
         if os.geteuid() != 0:
             raise errors.MisconfigurationError(
                 "email-capability changes and reloads mail servers: run certbot as root")
@@ -218,6 +224,18 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         elif self.conf("srv-names"):
             hosts = [str(name) for name in self.config.domains or () if "@" not in str(name)]
             certbot_compat.csr_profile.srv_names = [(service, host) for host in hosts]
+
+    def _check_postfix_mode(self) -> None:
+        """Relay mode is postfix-only, and implicit TLS would end at our throwaway key."""
+        mode = self.conf("postfix-mode")
+        if mode not in POSTFIX_MODES:
+            raise errors.MisconfigurationError(
+                f"--email-capability-postfix-mode {mode!r}: expected responder or relay")
+        if mode == "relay" and (self._backend_name() != "postfix"
+                                or self._service in IMPLICIT_TLS_SERVICES):
+            raise errors.MisconfigurationError(
+                "--email-capability-postfix-mode relay works with the postfix backend for smtp "
+                f"and submission (STARTTLS passes through), not for {self._service}")
 
     def _validation_state(self) -> "ValidationState":
         """The record of this run's changes, over certbot's temporary checkpoint."""

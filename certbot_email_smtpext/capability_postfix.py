@@ -8,6 +8,12 @@ ACME lines and anything that tries to send with a temporary 421. A spawn entry t
 start throttles the port for a minute even after a restore (§1.4), so the entry is generated
 from one template, parsed back by postconf in a scratch copy of the config, and its exact
 command is run once as the spawn user on a socketpair before master.cf is touched.
+
+In relay mode (§1.3 f) nobody notices the validation: a hidden copy of the smtpd service on a
+free loopback port learns each client's address from a PROXY protocol header, and the spawned
+responder relays every session to it, adding only the ACME lines to EHLO. The restore takes two
+reloads, because removing a service kills its sessions: the public service goes back to smtpd
+first, and the hidden one leaves master.cf once the relayed sessions have ended.
 """
 import os
 import pwd
@@ -32,6 +38,7 @@ from certbot_email_smtpext.capability_state import (
 )
 
 DEFAULT_SPAWN_USER = "nobody"
+HIDDEN_HOST = "127.0.0.1"
 #: Tried in order when --email-capability-spawn-python is not given; the first that works wins.
 FALLBACK_PYTHON = "/usr/bin/python3"
 PRETEST_SECONDS = 10.0
@@ -68,6 +75,24 @@ def spawn_entry(fields: Sequence[str], spawn_user: str, argv: Sequence[str]) -> 
         maxproc = "-"  # one spawn at a time would queue the CA behind any other client
     return (f"{service}/{service_type} = {service} {service_type} {private} n n {wakeup} "
             f"{maxproc} spawn user={spawn_user} argv={' '.join(argv)}")
+
+
+def hidden_entry(fields: Sequence[str], port: int) -> str:
+    """The hidden smtpd's ``postconf -Me`` value: the service on loopback, behind PROXY."""
+    if fields[_COLUMNS] != "smtpd":
+        raise errors.PluginError(
+            f"relay mode needs an smtpd service, not {fields[_COLUMNS]!r} (postscreen in front "
+            "of smtpd is not supported); use --email-capability-postfix-mode responder")
+    endpoint = f"{HIDDEN_HOST}:{port}"
+    return (f"{endpoint}/inet = {endpoint} inet {' '.join(fields[2:])} "
+            "-o smtpd_upstream_proxy_protocol=haproxy")
+
+
+def free_loopback_port() -> int:
+    """A port nothing listens on now, for the hidden smtpd."""
+    with socket.socket() as sock:
+        sock.bind((HIDDEN_HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def responder_argv(python: str, runtime_dir: str, hostname: str, values_file: str,
@@ -125,13 +150,15 @@ class PostfixSwap:
     """One Postfix instance whose service on one port is swapped to the responder and back."""
 
     def __init__(self, config_dir: str, port: int, implicit_tls: bool,
-                 spawn_user: str = DEFAULT_SPAWN_USER, python: Optional[str] = None) -> None:
+                 spawn_user: str = DEFAULT_SPAWN_USER, python: Optional[str] = None,
+                 mode: str = "responder") -> None:
         self.config_dir = os.path.abspath(config_dir)  # postfix -c wants it absolute
         self.daemon = postfix.Postfix(self.config_dir)
         self.master_cf = os.path.join(self.config_dir, "master.cf")
         self.port = port
         self.implicit_tls = implicit_tls
         self.spawn_user = spawn_user
+        self.relay = mode == "relay"
         self.pythons = [python] if python else list(dict.fromkeys([sys.executable,
                                                                   FALLBACK_PYTHON]))
 
@@ -145,16 +172,29 @@ class PostfixSwap:
         name = f"{service.service}/{service.type}"
         fields = self.daemon.postconf("-M", name).split()
         hostname = self.daemon.postconf("-h", "myhostname").strip()
+        entries, relay_to = [], []
+        if self.relay:
+            port = free_loopback_port()
+            entries.append(hidden_entry(fields, port))
+            relay_to = ["--relay", f"{HIDDEN_HOST}:{port}"]
         runtime_dir = make_runtime_dir(self.spawn_user)
-        state.begin("postfix", [self.reload_command()], runtime_dir)
-        entry = self._tested_entry(runtime_dir, fields, hostname, values)
+        handover = [self._postconf_command("-Me", f"{name} = {' '.join(fields)}"),
+                    self.reload_command()] if self.relay else []
+        state.begin("postfix", [self.reload_command()], runtime_dir, handover)
+        entries.append(self._tested_entry(runtime_dir, fields, hostname, values, relay_to))
+        self._check_parses(entries, fields[:2])
         state.protect(self.master_cf)
-        self.daemon.postconf("-Me", entry)
+        for entry in entries:  # the hidden smtpd first: relays must find it
+            self.daemon.postconf("-Me", entry)
         self.daemon.reload()
 
+    def _postconf_command(self, *arguments: str) -> list[str]:
+        """A postconf command line for this instance, to be run later (the handover)."""
+        return ["postconf", "-c", self.config_dir, *arguments]
+
     def _tested_entry(self, runtime_dir: str, fields: Sequence[str], hostname: str,
-                      values: Sequence[str]) -> str:
-        """The spawn entry whose command answered the pre-test, checked by postconf."""
+                      values: Sequence[str], relay_to: Sequence[str]) -> str:
+        """The spawn entry whose command passed the pre-test (as responder), plus ``relay_to``."""
         with open(capability_responder.__file__, "rb") as source:
             write_owned(os.path.join(runtime_dir, RESPONDER_COPY), source.read(), runtime_dir)
         values_file = write_values(runtime_dir, values)
@@ -165,26 +205,25 @@ class PostfixSwap:
                                   cert, key, self.implicit_tls)
             failure = pretest(argv, self.spawn_user, self.implicit_tls, values)
             if failure is None:
-                entry = spawn_entry(fields, self.spawn_user, argv)
-                self._check_parses(entry, fields[:2])
-                return entry
+                return spawn_entry(fields, self.spawn_user, [*argv, *relay_to])
             failures.append(f"{python}: {failure}")
         raise errors.PluginError(
             f"the responder does not run as user {self.spawn_user!r} ({'; '.join(failures)}); "
             "name a python3 that user may execute with --email-capability-spawn-python")
 
-    def _check_parses(self, entry: str, endpoint: Sequence[str]) -> None:
-        """Apply the entry to a scratch copy of the config and read it back through postconf."""
+    def _check_parses(self, entries: Sequence[str], endpoint: Sequence[str]) -> None:
+        """Apply the entries to a scratch config; postconf must read the spawn entry back."""
         scratch = tempfile.mkdtemp(prefix="certbot-email-postconf-")
         try:
             for name in ("main.cf", "master.cf"):
                 shutil.copy2(os.path.join(self.config_dir, name), scratch)
             copy = postfix.Postfix(scratch)
-            copy.postconf("-Me", entry)
+            for entry in entries:
+                copy.postconf("-Me", entry)
             parsed = copy.postconf("-M", "/".join(endpoint)).split()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        expected = entry.split(" = ", 1)[1].split()
+        expected = entries[-1].split(" = ", 1)[1].split()
         if parsed != expected or parsed[3] != "n" or f"user={self.spawn_user}" not in parsed:
             raise errors.PluginError(f"postconf reads the spawn entry back as {parsed}, not "
                                      f"{expected}; master.cf was left untouched")

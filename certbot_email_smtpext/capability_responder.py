@@ -5,7 +5,9 @@ It speaks just enough SMTP, IMAP and POP3 for a CA's capability check (draft-iet
 failure for anything else, so that real senders defer instead of bouncing. It uses the standard
 library only, because Postfix's spawn(8) runs a copy of this file with any python3 as an
 unprivileged user, one process per connection on fd 0; the standalone backend serves it
-from a thread of the certbot process instead (``ThreadedResponder``).
+from a thread of the certbot process instead (``ThreadedResponder``). With ``--relay`` (the
+postfix backend's relay mode) it is no responder but a transparent relay to a hidden smtpd that
+only adds the ACME lines to EHLO replies (``relay_smtp``), so that real mail keeps flowing.
 """
 import argparse
 import asyncio
@@ -28,6 +30,10 @@ IDLE_SECONDS = 30.0
 #: How long a standalone responder keeps trying to bind while the real server lets go.
 BIND_SECONDS = 5.0
 _BIND_RETRY_SECONDS = 0.005
+#: A relayed client that says nothing for this long is dropped (smtpd_timeout's default).
+RELAY_IDLE_SECONDS = 300.0
+#: After these commands the relay only copies bytes: TLS, SASL exchanges, mail transactions.
+PASS_THROUGH_AFTER = frozenset({b"STARTTLS", b"AUTH", b"MAIL", b"DATA", b"BDAT"})
 #: Each protocol's temporary failure: senders and mail clients retry later, nothing bounces.
 UNAVAILABLE = {"smtp": "421 4.3.2 Service temporarily unavailable, try again later",
                "imap": "* BYE [UNAVAILABLE] Temporarily unavailable, try again later",
@@ -81,6 +87,12 @@ class _Session:
         self.in_tls = True
 
 
+def ehlo_reply(first: str, values: Sequence[str], rest: Sequence[str]) -> list[str]:
+    """A 250 reply: its first line (the host name), one ``ACME <v>`` per value, then ``rest``."""
+    keywords = [first, *(f"ACME {value}" for value in values), *rest]
+    return [*(f"250-{word}" for word in keywords[:-1]), f"250 {keywords[-1]}"]
+
+
 async def _smtp(session: _Session) -> None:
     """220; EHLO/LHLO with ``ACME <v>`` lines; HELO, NOOP, RSET, STARTTLS, QUIT; else 421."""
     host = session.advertised.hostname
@@ -88,9 +100,8 @@ async def _smtp(session: _Session) -> None:
     while (line := await session.read_line()) is not None:
         verb = line.split(" ", 1)[0].upper()
         if verb in ("EHLO", "LHLO"):
-            keywords = [host, *(f"ACME {value}" for value in session.advertised.values),
-                        "ENHANCEDSTATUSCODES", *(["STARTTLS"] if session.can_starttls else [])]
-            await session.say(*(f"250-{word}" for word in keywords[:-1]), f"250 {keywords[-1]}")
+            await session.say(*ehlo_reply(host, session.advertised.values, [
+                "ENHANCEDSTATUSCODES", *(["STARTTLS"] if session.can_starttls else [])]))
         elif verb == "HELO":
             await session.say(f"250 {host}")
         elif verb in ("NOOP", "RSET"):
@@ -270,6 +281,89 @@ async def _serve_inetd(advertised: Advertised, implicit_tls: bool) -> None:
     await done.wait()
 
 
+def proxy_header(peer: object, local: object) -> bytes:
+    """The PROXY protocol v1 line that tells the hidden smtpd who the client really is."""
+    if not isinstance(peer, tuple) or not isinstance(local, tuple):
+        return b"PROXY UNKNOWN\r\n"  # not TCP (a socketpair): smtpd uses its own idea
+    family = "TCP6" if ":" in peer[0] else "TCP4"
+    return f"PROXY {family} {peer[0]} {local[0]} {peer[1]} {local[1]}\r\n".encode("ascii")
+
+
+async def _reply(backend: asyncio.StreamReader) -> list[bytes]:
+    """One complete SMTP reply from the hidden smtpd (continuation lines have ``-`` at 4)."""
+    lines = []
+    while True:
+        line = await backend.readuntil(b"\n")
+        lines.append(line)
+        if line[3:4] != b"-":
+            return lines
+
+
+def merge_ehlo(reply: Sequence[bytes], values: Sequence[str]) -> bytes:
+    """smtpd's EHLO reply with our ``ACME <v>`` lines after its first line (only if 250)."""
+    if not reply[0].startswith(b"250"):
+        return b"".join(reply)
+    words = [line[4:].rstrip(b"\r\n").decode("latin-1") for line in reply]
+    return "".join(f"{line}\r\n" for line in ehlo_reply(words[0], values, words[1:])
+                   ).encode("latin-1")
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy bytes until ``source`` ends, then half-close ``sink``."""
+    while chunk := await source.read(65536):
+        sink.write(chunk)
+        await sink.drain()
+    if sink.can_write_eof():
+        sink.write_eof()
+
+
+async def relay_smtp(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                     backend: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                     values: Sequence[str]) -> None:
+    """Pass a session through; EHLO replies gain the ACME lines until TLS or a transaction."""
+    (client_in, client_out), (backend_in, backend_out) = client, backend
+    client_out.write(b"".join(await _reply(backend_in)))  # the banner
+    await client_out.drain()
+    while True:
+        line = await asyncio.wait_for(client_in.readuntil(b"\n"), RELAY_IDLE_SECONDS)
+        backend_out.write(line)
+        verb = line.split(None, 1)[0].upper() if line.strip() else b""
+        if verb in PASS_THROUGH_AFTER:
+            break
+        reply = await _reply(backend_in)
+        client_out.write(merge_ehlo(reply, values) if verb in (b"EHLO", b"LHLO")
+                         else b"".join(reply))
+        await client_out.drain()
+    to_backend = asyncio.ensure_future(_pipe(client_in, backend_out))
+    await _pipe(backend_in, client_out)  # smtpd hung up: the session is over
+    to_backend.cancel()
+    await asyncio.gather(to_backend, return_exceptions=True)
+
+
+async def _relay_inetd(values: Sequence[str], backend: str) -> None:
+    """Relay the socket inherited as fd 0 to the hidden smtpd, PROXY header first."""
+    sock = socket.socket(fileno=os.dup(0))
+    header = proxy_header(sock.getpeername(), sock.getsockname())
+    client = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
+    host, _, port = backend.rpartition(":")
+    try:
+        hidden = await asyncio.open_connection(host, int(port))
+    except OSError:
+        client[1].write(f"{UNAVAILABLE['smtp']}\r\n".encode("ascii"))
+        await client[1].drain()
+        client[1].close()
+        return
+    hidden[1].write(header)
+    try:
+        await relay_smtp(client, hidden, values)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+            ConnectionError):
+        pass  # either side hung up or went silent: so do we
+    finally:
+        for _, writer in (client, hidden):
+            writer.close()
+
+
 def read_values(path: str) -> tuple[str, ...]:
     """The pending values, kept as a JSON list so the plugin can add names without a reload."""
     with open(path, encoding="utf-8") as values_file:
@@ -285,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", help="throwaway certificate (STARTTLS, implicit TLS)")
     parser.add_argument("--tls-key", help="its key")
     parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte")
+    parser.add_argument("--relay", metavar="HOST:PORT",
+                        help="smtp: relay to this hidden smtpd (PROXY protocol) instead")
     return parser
 
 
@@ -300,8 +396,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.implicit_tls:
             os.write(1, f"{UNAVAILABLE[args.protocol]}\r\n".encode("ascii"))
         return 1
-    asyncio.run(_serve_inetd(Advertised(args.protocol, values, args.hostname, starttls),
-                             args.implicit_tls))
+    if args.relay:
+        asyncio.run(_relay_inetd(values, args.relay))
+    else:
+        asyncio.run(_serve_inetd(Advertised(args.protocol, values, args.hostname, starttls),
+                                 args.implicit_tls))
     return 0
 
 

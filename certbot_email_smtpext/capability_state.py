@@ -30,6 +30,8 @@ CERT_FILE, KEY_FILE = "throwaway-cert.pem", "throwaway-key.pem"
 COMMAND_TIMEOUT_SECONDS = 60
 #: How long responders spawned just before the restore may still need the runtime files.
 RUNTIME_DRAIN_SECONDS = 3.0
+#: How long a restore waits for relayed sessions to end before removing what they talk to.
+RELAY_DRAIN_SECONDS = 120.0
 
 
 class ValidationState:
@@ -52,8 +54,13 @@ class ValidationState:
                                      "server by hand, then delete that file") from error
 
     def begin(self, backend: str, after_restore: Sequence[Sequence[str]],
-              runtime_dir: Optional[str] = None) -> None:
-        """Record what ``restore`` must do, before anything changes."""
+              runtime_dir: Optional[str] = None,
+              handover: Sequence[Sequence[str]] = ()) -> None:
+        """Record what ``restore`` must do, before anything changes.
+
+        ``handover`` commands give the port back while our other changes stay, so that
+        sessions our processes relay can end before the files are put back.
+        """
         if self.pending() is not None:
             raise errors.PluginError(f"{self.path} records a validation that was not restored; "
                                      "run certbot again to repair it first")
@@ -61,7 +68,8 @@ class ValidationState:
         record = {"backend": backend, "pid": os.getpid(),
                   "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                   "after_restore": [list(command) for command in after_restore],
-                  "runtime_dir": runtime_dir}
+                  "runtime_dir": runtime_dir,
+                  "handover": [list(command) for command in handover]}
         temporary = self.path + ".new"
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
                   encoding="utf-8") as state_file:
@@ -78,8 +86,9 @@ class ValidationState:
             self.files.register_file_creation(True, path)
 
     def restore(self, before_commands: Optional[Callable[[], None]] = None) -> list[str]:
-        """Put every file back, call ``before_commands``, run the recorded reloads; what failed.
+        """Hand over and let relays end, put the files back, reload; what failed.
 
+        Between the files and the reloads ``before_commands`` runs.
         The standalone backend closes its responder in ``before_commands``: as late as
         possible, so that the port is without a listener only while the daemon reloads.
         """
@@ -87,6 +96,10 @@ class ValidationState:
         if record is None:
             return []
         problems = []
+        for command in record.get("handover", []):
+            problems += _run(command)
+        if record.get("handover") and not problems and record.get("runtime_dir"):
+            _wait_for_processes_using(record["runtime_dir"], RELAY_DRAIN_SECONDS)
         try:
             self.files.revert_temporary_config()
         except errors.ReverterError as error:

@@ -6,7 +6,9 @@ listener during the whole run never saw a refused connection. The lab is private
 module because the tests change Postfix's and Dovecot's configuration.
 """
 import os
+import re
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -26,11 +28,14 @@ from certbot_email.testing.config import CAConfig
 from certbot_email_smtpext import capability_dovecot, capability_probe
 from certbot_email_smtpext.capability_state import ValidationState
 from tests.lab import HOST, MAIL_HOST, Lab
+from tests.lab.clients import CLIENT_HOSTNAME
 from tests.lab.ports import PortReservation
 
 CERTBOT = str(Path(sys.executable).with_name("certbot"))
 IMPLICIT_TLS = ("submissions", "imaps", "pop3s")
 PATIENCE = 30.0
+#: Relayed mail comes from here, so that the address Postfix records can only be the client's.
+RELAYED_CLIENT = "127.0.0.5"
 
 
 @pytest.fixture(name="mail_lab", scope="module")
@@ -223,9 +228,9 @@ def test_a_listener_on_another_port_is_refused_before_any_change(mail_lab, test_
 
 
 def start_and_signal_during_validation(lab: Lab, ca: runtime.LaunchedCA, root: Path,
-                                       signum: int) -> None:
+                                       signum: int, *extra: str) -> None:
     """certbot for submission, sent ``signum`` once EHLO shows a value; waits for it to end."""
-    process = subprocess.Popen(certbot_command(lab, ca, root, "submission"),
+    process = subprocess.Popen(certbot_command(lab, ca, root, "submission", *extra),
                                env=certbot_env(ca), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
@@ -244,9 +249,12 @@ def test_sigterm_during_validation_restores_before_certbot_exits(mail_lab, test_
     assert_restored(mail_lab, before, "submission")
 
 
-def test_run_killed_during_validation_is_repaired_by_the_next_run(mail_lab, test_ca, tmp_path):
+@pytest.mark.parametrize("mode", ["responder", "relay"])
+def test_run_killed_during_validation_is_repaired_by_the_next_run(mail_lab, test_ca, tmp_path,
+                                                                   mode):
     before = config_files(mail_lab)
-    start_and_signal_during_validation(mail_lab, test_ca, tmp_path, signal.SIGKILL)
+    start_and_signal_during_validation(mail_lab, test_ca, tmp_path, signal.SIGKILL,
+                                       "--email-capability-postfix-mode", mode)
     assert config_files(mail_lab) != before, "killed too late: the swap was already undone"
     assert values_shown(mail_lab, "submission")
     result = run_certbot(mail_lab, test_ca, tmp_path, "imap")
@@ -305,3 +313,91 @@ def test_overriding_capability_names_the_cause(mail_lab, test_ca, tmp_path):
                        check=True)
     assert_restored(mail_lab, before, "imap")
 
+
+
+def start_certbot(lab: Lab, ca: runtime.LaunchedCA, root: Path, service: str,
+                  *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(certbot_command(lab, ca, root, service, *extra), env=certbot_env(ca),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def log_tail(root: Path) -> str:
+    """The end of certbot's log, to say why a background run failed."""
+    return (root / "logs" / "letsencrypt.log").read_text(errors="replace")[-3000:]
+
+
+def session_in_the_window(lab: Lab, service: str, process: subprocess.Popen,
+                          root: Path) -> smtplib.SMTP:
+    """A new SMTP session (from RELAYED_CLIENT) whose EHLO shows ACME: it met the swap."""
+    while process.poll() is None:
+        smtp = smtplib.SMTP(HOST, getattr(lab.ports, service), local_hostname=CLIENT_HOSTNAME,
+                            timeout=PATIENCE, source_address=(RELAYED_CLIENT, 0))
+        smtp.ehlo()
+        if smtp.has_extn("acme"):
+            return smtp
+        smtp.quit()
+    pytest.fail(f"certbot ended before any session met the swap: {log_tail(root)}")
+
+
+@pytest.mark.parametrize("service", ["smtp", "submission"])
+def test_relay_mode_delivers_mail_sent_during_the_validation_from_the_real_client(
+        mail_lab, test_ca, tmp_path, service):
+    before = config_files(mail_lab)
+    mail_lab.empty_mailbox("alice")
+    subject = f"relayed through {service}"
+    message = mail_lab.message("bob", "alice", subject)
+    process = start_certbot(mail_lab, test_ca, tmp_path, service,
+                            "--email-capability-postfix-mode", "relay")
+    try:
+        smtp = session_in_the_window(mail_lab, service, process, tmp_path)
+        assert smtp.has_extn("pipelining")  # the real smtpd's keywords, merged with ours
+        done, seen = capability_probe.wait_until(
+            "smtp", HOST, getattr(mail_lab.ports, service), False, lambda values: values == [],
+            PATIENCE)
+        assert done, seen
+        assert process.poll() is None, "cleanup did not wait for the relayed session"
+        master_cf = (mail_lab.postfix.etc / "master.cf").read_text()
+        assert "smtpd_upstream_proxy_protocol=haproxy" in master_cf  # the hidden smtpd stays
+        assert "spawn" not in master_cf  # while the public service is smtpd again
+        if service == "submission":
+            smtp.starttls(context=mail_lab.client_tls())
+            smtp.login(mail_lab.user("bob").address, mail_lab.user("bob").password)
+        smtp.send_message(message)
+        smtp.quit()
+        assert process.wait(PATIENCE * 6) == 0, log_tail(tmp_path)
+    finally:
+        process.kill()
+        process.wait()
+    delivered = mail_lab.wait_for_mail("alice", subject)
+    assert f"[{RELAYED_CLIENT}]".encode() in delivered.split(b"\r\n\r\n", 1)[0]
+    maillog = mail_lab.postfix.log_path.read_text(errors="replace")
+    assert re.search(rf"client=\S*\[{re.escape(RELAYED_CLIENT)}\]", maillog)
+    issued(tmp_path)
+    assert_restored(mail_lab, before, service)
+
+
+def test_responder_mode_keeps_earlier_sessions_and_defers_new_senders(mail_lab, test_ca,
+                                                                       tmp_path):
+    before = config_files(mail_lab)
+    mail_lab.empty_mailbox("alice")
+    message = mail_lab.message("bob", "alice", "opened before the swap")
+    earlier = smtplib.SMTP(HOST, mail_lab.ports.smtp, local_hostname=CLIENT_HOSTNAME,
+                           timeout=PATIENCE)
+    earlier.ehlo()
+    assert earlier.mail(message["From"])[0] == 250
+    assert earlier.rcpt(message["To"])[0] == 250
+    process = start_certbot(mail_lab, test_ca, tmp_path, "smtp")
+    try:
+        newcomer = session_in_the_window(mail_lab, "smtp", process, tmp_path)
+        refusal, _ = newcomer.docmd("MAIL FROM:<carol@example.net>")
+        newcomer.close()
+        assert 400 <= refusal < 500
+        assert earlier.data(message.as_bytes())[0] == 250
+        earlier.quit()
+        assert process.wait(PATIENCE * 6) == 0, log_tail(tmp_path)
+    finally:
+        process.kill()
+        process.wait()
+    assert b"opened before the swap" in mail_lab.wait_for_mail("alice", "opened before the swap")
+    issued(tmp_path)
+    assert_restored(mail_lab, before, "smtp")

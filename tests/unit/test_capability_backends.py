@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def test_spawn_entry_keeps_endpoint_and_limits_and_runs_spawn_unprivileged():
         "smtp/inet = smtp inet n n n - - spawn user=nobody argv=/p")
 
 
+def test_hidden_smtpd_copies_the_service_on_loopback_with_the_proxy_protocol():
+    fields = "submission inet n - y - 50 smtpd -o syslog_name=postfix/submission".split()
+    assert postfix_backend.hidden_entry(fields, 10026) == (
+        "127.0.0.1:10026/inet = 127.0.0.1:10026 inet n - y - 50 smtpd "
+        "-o syslog_name=postfix/submission -o smtpd_upstream_proxy_protocol=haproxy")
+    with pytest.raises(errors.PluginError, match="not 'postscreen'"):
+        postfix_backend.hidden_entry("smtp inet n - y - 1 postscreen".split(), 10026)
+
+
 def test_responder_argv_names_the_copy_and_implicit_tls():
     argv = postfix_backend.responder_argv("/usr/bin/python3", "/run/x", "mail.example.test",
                                           "/run/x/values.json", "/run/x/c", "/run/x/k", True)
@@ -121,7 +131,7 @@ def certbot_config(tmp_path: Path, **options: object) -> NamespaceConfig:
               "dovecot_snippet": None, "spawn_user": "nobody", "spawn_python": None,
               "dovecot_listener": None, "stop_command": None, "start_command": None,
               "listen_address": "127.0.0.1", "probe_address": "127.0.0.1", "probe_timeout": 5.0,
-              "state_dir": None, "srv_names": False}
+              "state_dir": None, "srv_names": False, "postfix_mode": "responder"}
     values.update(options)
     namespace = argparse.Namespace(
         config_dir=str(tmp_path / "config"), work_dir=str(tmp_path / "work"),
@@ -161,6 +171,26 @@ def test_restore_puts_bytes_back_removes_created_files_then_runs_the_commands(tm
     assert state.restore() == [] and state.finish() is None
 
 
+def test_handover_runs_first_and_the_files_wait_for_relays_to_end(tmp_path):
+    state = make_state(tmp_path)
+    edited, runtime_dir = tmp_path / "master.cf", tmp_path / "runtime"
+    handed_over, relayed, seen = tmp_path / "handed-over", tmp_path / "relayed", tmp_path / "seen"
+    edited.write_bytes(b"original")
+    runtime_dir.mkdir()
+    state.begin("test", [["/bin/sh", "-c", f"cat {relayed} {edited} > {seen}"]],
+                str(runtime_dir), [["/bin/sh", "-c", f"cat {edited} > {handed_over}"]])
+    state.protect(str(edited))
+    edited.write_bytes(b"swapped")
+    relay = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.3; echo ended > {relayed}",
+                              str(runtime_dir)])
+    try:
+        assert state.restore() == []
+    finally:
+        relay.wait()
+    assert handed_over.read_bytes() == b"swapped"  # before the files went back
+    assert seen.read_bytes() == b"ended\noriginal"  # the reload came after the relay ended
+
+
 def test_a_failing_restore_command_keeps_the_record(tmp_path):
     state = make_state(tmp_path)
     state.begin("test", [["/bin/sh", "-c", "echo nope >&2; exit 3"]])
@@ -182,6 +212,10 @@ def make_plugin(tmp_path: Path, **options: object) -> Authenticator:
     ({"stop_command": "true"}, "go together"),
     ({"dovecot_listener": "pop3-login/pop3", "stop_command": "true", "start_command": "true"},
      "either"),
+    ({"service": "smtp", "postfix_mode": "proxy"}, "expected responder or relay"),
+    ({"service": "submissions", "postfix_mode": "relay"}, "not for submissions"),
+    ({"service": "submission", "backend": "standalone", "postfix_mode": "relay"},
+     "not for submission"),
 ])
 def test_prepare_refuses_bad_options_naming_them(tmp_path, options, message):
     with pytest.raises(errors.MisconfigurationError, match=message):

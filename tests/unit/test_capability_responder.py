@@ -213,3 +213,110 @@ def test_wait_until_reports_what_it_saw_last():
     done, seen = capability_probe.wait_until("pop3", "127.0.0.1", port, False,
                                              capability_probe.shows_all(VALUES), 0.1)
     assert not done and "ConnectionRefusedError" in seen
+
+
+# -- relay mode -------------------------------------------------------------------------------
+
+def test_ehlo_merge_puts_the_values_after_the_first_line_and_keeps_the_rest():
+    merged = capability_responder.merge_ehlo([b"250-real.example\r\n", b"250-PIPELINING\r\n",
+                                              b"250 STARTTLS\r\n"], VALUES)
+    assert merged == (f"250-real.example\r\n250-ACME {VALUES[0]}\r\n250-ACME {VALUES[1]}\r\n"
+                      "250-PIPELINING\r\n250 STARTTLS\r\n").encode()
+    assert capability_responder.merge_ehlo([b"250 real.example\r\n"], VALUES[:1]) == (
+        f"250-real.example\r\n250 ACME {VALUES[0]}\r\n").encode()
+    refusal = [b"550-no\r\n", b"550 really not\r\n"]
+    assert capability_responder.merge_ehlo(refusal, VALUES) == b"".join(refusal)
+
+
+def test_proxy_header_names_client_then_server():
+    assert capability_responder.proxy_header(("127.0.0.5", 40000), ("127.0.0.1", 25)) == (
+        b"PROXY TCP4 127.0.0.5 127.0.0.1 40000 25\r\n")
+    assert capability_responder.proxy_header(("::1", 40000, 0, 0), ("::1", 587, 0, 0)) == (
+        b"PROXY TCP6 ::1 ::1 40000 587\r\n")
+    assert capability_responder.proxy_header("", "") == b"PROXY UNKNOWN\r\n"
+
+
+class FakeSmtpd:
+    """A hidden smtpd stand-in: banner, one EHLO reply, STARTTLS, then echoes until EOF."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.received = b""
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            self.received += lines.readline()  # PROXY
+            conn.sendall(b"220 real.example ESMTP\r\n")
+            for reply in (b"250-real.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n",
+                          b"220 2.0.0 Ready to start TLS\r\n"):
+                self.received += lines.readline()
+                conn.sendall(reply)
+            while line := lines.readline():
+                self.received += line
+                conn.sendall(b"echo " + line)
+                if line.startswith(b"QUIT"):
+                    return
+
+    def join(self) -> bytes:
+        self._thread.join(10)
+        self.listener.close()
+        return self.received
+
+
+def spawned_relay(tmp_path: Path, backend_port: int) -> tuple[socket.socket, int,
+                                                                 subprocess.Popen]:
+    """A client from 127.0.0.5 whose accepted socket is the relay's fd 0, as with spawn."""
+    values = write_values(str(tmp_path), VALUES)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10,
+                                          source_address=("127.0.0.5", 0))
+        accepted, _ = listener.accept()
+    with accepted:
+        relay = subprocess.Popen(
+            [sys.executable, "-I", capability_responder.__file__, "--protocol", "smtp",
+             "--values-file", values, "--relay", f"127.0.0.1:{backend_port}"],
+            stdin=accepted.fileno(), stdout=accepted.fileno())
+        server_port = int(accepted.getsockname()[1])
+    return client, server_port, relay
+
+
+def test_relay_sends_proxy_header_merges_ehlo_then_passes_everything_through(tmp_path):
+    smtpd = FakeSmtpd()
+    client, server_port, relay = spawned_relay(tmp_path, smtpd.port)
+    after_starttls = [b"\x16\x03\x01 binary-looking EHLO again\r\n", b"QUIT\r\n"]
+    client_port = client.getsockname()[1]
+    with client, client.makefile("rb") as replies:
+        banner = replies.readline()
+        client.sendall(b"EHLO client.example\r\n")
+        ehlo = [replies.readline() for _ in range(5)]
+        client.sendall(b"STARTTLS\r\n")
+        ready = replies.readline()
+        echoed = []
+        for line in after_starttls:
+            client.sendall(line)
+            echoed.append(replies.readline())
+        closed = replies.read()
+    assert relay.wait(10) == 0
+    received = smtpd.join()
+    assert banner == b"220 real.example ESMTP\r\n"
+    assert b"".join(ehlo) == (f"250-real.example\r\n250-ACME {VALUES[0]}\r\n"
+                              f"250-ACME {VALUES[1]}\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+                              ).encode()
+    assert ready == b"220 2.0.0 Ready to start TLS\r\n"
+    assert echoed == [b"echo " + line for line in after_starttls]  # nothing merged any more
+    assert closed == b""
+    assert received.startswith(
+        f"PROXY TCP4 127.0.0.5 127.0.0.1 {client_port} {server_port}\r\n".encode())
+    assert received.split(b"\r\n", 1)[1] == b"EHLO client.example\r\nSTARTTLS\r\n" + b"".join(
+        after_starttls)
+
+
+def test_relay_without_its_smtpd_refuses_temporarily(tmp_path):
+    client, _, relay = spawned_relay(tmp_path, free_port())
+    with client, client.makefile("rb") as replies:
+        assert replies.read().startswith(b"421 4.3.2")
+    assert relay.wait(10) == 0
