@@ -32,7 +32,7 @@ from certbot_email_smtpext.capability_state import (
     RESPONDER_COPY,
     ValidationState,
     make_runtime_dir,
-    write_owned,
+    write_for_group,
     write_throwaway_certificate,
     write_values,
 )
@@ -196,7 +196,7 @@ class PostfixSwap:
                       values: Sequence[str], relay_to: Sequence[str]) -> str:
         """The spawn entry whose command passed the pre-test (as responder), plus ``relay_to``."""
         with open(capability_responder.__file__, "rb") as source:
-            write_owned(os.path.join(runtime_dir, RESPONDER_COPY), source.read(), runtime_dir)
+            write_for_group(os.path.join(runtime_dir, RESPONDER_COPY), source.read(), runtime_dir)
         values_file = write_values(runtime_dir, values)
         cert, key = write_throwaway_certificate(runtime_dir, hostname or "localhost")
         failures = []

@@ -158,24 +158,27 @@ def _run(command: Sequence[str]) -> list[str]:
 
 
 def make_runtime_dir(owner: str) -> str:
-    """A fresh 0700 directory owned by ``owner``, for what a spawned responder must read."""
+    """A fresh directory for what a spawned responder must read: root owns it and ``owner``'s
+    group may only enter it, so the unprivileged user can plant nothing (no symlink) in it."""
     try:
         account = pwd.getpwnam(owner)
     except KeyError:
         raise errors.PluginError(f"user {owner!r} does not exist; name an unprivileged user "
                                  "that may run the responder") from None
     directory = tempfile.mkdtemp(prefix="certbot-email-capability-")
-    os.chown(directory, account.pw_uid, account.pw_gid)
+    os.chown(directory, 0, account.pw_gid)
+    os.chmod(directory, 0o710)
     return directory
 
 
-def write_owned(path: str, data: bytes, owner_dir: str) -> None:
-    """Write a 0600 file owned like ``owner_dir``, atomically."""
-    status = os.stat(owner_dir)
+def write_for_group(path: str, data: bytes, directory: str) -> None:
+    """Write a 0640 root file that ``directory``'s group may read, atomically; never through a
+    symlink or onto an existing file."""
     temporary = path + ".new"
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    with open(descriptor, "wb") as out:
+        os.fchown(descriptor, -1, os.stat(directory).st_gid)
         out.write(data)
-    os.chown(temporary, status.st_uid, status.st_gid)
     os.replace(temporary, path)
 
 
@@ -197,8 +200,8 @@ def write_throwaway_certificate(directory: str, hostname: str) -> tuple[str, str
                                   critical=False)
                    .sign(key, hashes.SHA256()))
     cert_path, key_path = os.path.join(directory, CERT_FILE), os.path.join(directory, KEY_FILE)
-    write_owned(cert_path, certificate.public_bytes(serialization.Encoding.PEM), directory)
-    write_owned(key_path, key.private_bytes(serialization.Encoding.PEM,
+    write_for_group(cert_path, certificate.public_bytes(serialization.Encoding.PEM), directory)
+    write_for_group(key_path, key.private_bytes(serialization.Encoding.PEM,
                                             serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption()), directory)
     return cert_path, key_path
@@ -207,5 +210,5 @@ def write_throwaway_certificate(directory: str, hostname: str) -> tuple[str, str
 def write_values(directory: str, values: Sequence[str]) -> str:
     """The values file a spawned responder reads on every connection."""
     path = os.path.join(directory, VALUES_FILE)
-    write_owned(path, json.dumps(list(values)).encode("utf-8"), directory)
+    write_for_group(path, json.dumps(list(values)).encode("utf-8"), directory)
     return path

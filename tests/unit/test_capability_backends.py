@@ -3,6 +3,7 @@ the spawn pre-test, and the plugin's perform/cleanup over the standalone backend
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,6 +101,31 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs the responder as
 
 
 @needs_root
+def test_the_spawn_user_can_read_the_runtime_dir_but_plant_nothing_in_it(tmp_path):
+    runtime_dir = capability_state.make_runtime_dir("nobody")
+    try:
+        values = capability_state.write_values(runtime_dir, [VALUE])
+        status = os.stat(runtime_dir)
+        assert status.st_uid == 0 and status.st_mode & 0o777 == 0o710
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        read = subprocess.run([*as_nobody, "cat", values], capture_output=True, text=True)
+        assert read.returncode == 0 and VALUE in read.stdout
+        plant = subprocess.run([*as_nobody, "ln", "-s", "/etc/shadow",
+                                os.path.join(runtime_dir, "values.json.new")],
+                               capture_output=True, text=True)
+        assert plant.returncode != 0 and "Permission denied" in plant.stderr
+        target = tmp_path / "victim"
+        target.write_text("untouched")
+        os.symlink(target, os.path.join(runtime_dir, "cert.pem.new"))  # as if planted
+        with pytest.raises(FileExistsError):
+            capability_state.write_for_group(os.path.join(runtime_dir, "cert.pem"), b"x",
+                                             runtime_dir)
+        assert target.read_text() == "untouched"
+    finally:
+        shutil.rmtree(runtime_dir)
+
+
+@needs_root
 @pytest.mark.parametrize("implicit_tls", [False, True])
 def test_pretest_runs_the_spawn_command_as_the_spawn_user(tmp_path, implicit_tls):
     runtime_dir = capability_state.make_runtime_dir("nobody")
@@ -107,7 +133,7 @@ def test_pretest_runs_the_spawn_command_as_the_spawn_user(tmp_path, implicit_tls
         swap = postfix_backend.PostfixSwap(str(tmp_path), 25, implicit_tls,
                                            python="/usr/bin/python3")
         with open(postfix_backend.capability_responder.__file__, "rb") as source:
-            capability_state.write_owned(os.path.join(runtime_dir, "responder.py"),
+            capability_state.write_for_group(os.path.join(runtime_dir, "responder.py"),
                                          source.read(), runtime_dir)
         values = capability_state.write_values(runtime_dir, [VALUE])
         cert, key = capability_state.write_throwaway_certificate(runtime_dir, "h")
