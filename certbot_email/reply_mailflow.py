@@ -76,9 +76,9 @@ def make_judge(settings: FlowSettings) -> ChallengeMailJudge:
     for relaxation in sorted(settings.relaxations, key=lambda r: r.value):
         logger.warning("email-reply runs relaxed (%s): challenge mails are checked less than "
                        "RFC 8823 requires", relaxation.value)
-    lookup = dkim_dns.txt_lookup(settings.dkim_dns_server) if settings.dkim_dns_server else None
     verifier = smime.openssl_verifier(settings.smime_ca_file) if settings.smime_ca_file else None
-    return ChallengeMailJudge(settings.relaxations, lookup,
+    return ChallengeMailJudge(settings.relaxations,
+                              txt_lookup=dkim_dns.txt_lookup(settings.dkim_dns_server or None),
                               answered=AnsweredJournal(settings.journal).load(),
                               smime_verifier=verifier)
 
@@ -116,12 +116,13 @@ def start_responders(settings: FlowSettings,
         digest = _Digest(achall.chall, achall.account_key, joining)
         by_mailbox.setdefault(mailbox, []).append(PendingAnswer(expected, smtp, digest))
     deadline = time.monotonic() + settings.timeout_seconds
+    on_answered = remember(settings)  # one journal writer: its lock must cover every mailbox
     responders: list[Responder] = []
     try:
         for mailbox, answers in by_mailbox.items():
             watcher = open_watcher(mailbox, settings.since, MAX_MAIL_BYTES, settings.poll_seconds)
             responder = Responder(watcher, make_judge(settings), answers, deadline,
-                                  on_answered=remember(settings))
+                                  on_answered=on_answered)
             responder.start()
             responders.append(responder)
     except TransportError as error:

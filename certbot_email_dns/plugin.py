@@ -4,7 +4,6 @@ certbot imports every plugin module on every run, nginx renewals included, so th
 (dnspython, about 40 ms) are imported only inside the methods that talk DNS.
 """
 import dataclasses
-import ipaddress
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ from certbot.display import util as display_util
 from certbot.plugins import dns_common
 
 from certbot_email import certbot_compat
+from certbot_email.protocol import csr
 from certbot_email.protocol.challenges import SERVICE_PORTS, DNSEmail00, DNSEmail00Response
 
 if TYPE_CHECKING:
@@ -98,15 +98,6 @@ def _scope_port(service: str, port_text: Optional[str]) -> int:
     return int(port_text)
 
 
-def _is_host_name(name: str) -> bool:
-    """True for a plain DNS name: not a mailbox, a wildcard or an IP address (no SRVName)."""
-    try:
-        ipaddress.ip_address(name)
-        return False
-    except ValueError:
-        return "@" not in name and not name.startswith("*.")
-
-
 def parse_servers(text: str, option: str) -> list["rfc2136.Endpoint"]:
     """``host[:port],...`` as Endpoints; PluginError naming the option and the bad entry."""
     from certbot_email_dns import rfc2136
@@ -176,7 +167,7 @@ class Authenticator(dns_common.DNSAuthenticator):
             if not self._scopes:
                 raise errors.MisconfigurationError(
                     "--email-dns-srv-names needs --email-dns-service")
-            hosts = [str(name) for name in self.config.domains or () if _is_host_name(str(name))]
+            hosts = csr.srv_name_hosts(str(name) for name in self.config.domains or ())
             certbot_compat.csr_profile.srv_names = [
                 (scope.service, host) for host in hosts for scope in self._scopes]
 

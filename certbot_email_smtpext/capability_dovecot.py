@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from certbot import errors
 
+from certbot_email.protocol.challenges import imap_capability
 from certbot_email_smtpext import dovecot
 from certbot_email_smtpext.capability_state import ValidationState
 
@@ -32,7 +33,7 @@ def imap_capability_value(current: str, atoms: Sequence[str]) -> str:
 
 def imap_snippet(version: tuple[int, ...], current: str, values: Sequence[str]) -> str:
     """The snippet advertising ``ACME=<v>`` for every value, inside ``protocol imap``."""
-    atoms = [f"ACME={value}" for value in values]
+    atoms = [imap_capability(value) for value in values]
     if version >= BOOLLIST_SINCE:
         entries = "".join(f'    "{atom}" = yes\n' for atom in atoms)
         body = f"  imap_capability {{\n{entries}  }}\n"
@@ -83,9 +84,9 @@ class DovecotSnippet:
         """What restores the running daemon once the files are back."""
         return ["doveadm", "-c", os.path.abspath(self.config_file), "reload"]
 
-    def begin(self, state: ValidationState, runtime_dir: str = "") -> None:
+    def begin(self, state: ValidationState) -> None:
         """Record the validation: restoring means putting files back and reloading."""
-        state.begin("dovecot", [self.reload_command()], runtime_dir or None)
+        state.begin("dovecot", [self.reload_command()], None)
 
     def install(self, state: ValidationState, text: str,
                 before_reload: Optional[Callable[[], None]] = None) -> None:
@@ -115,7 +116,7 @@ class DovecotImap(DovecotSnippet):
     def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
         """Record, write the snippet, check the value in force, reload."""
         version, current = self.daemon.version(), self.imap_capability()
-        atoms = [f"ACME={value}" for value in values]
+        atoms = [imap_capability(value) for value in values]
 
         def check_effective() -> None:
             effective = self.imap_capability()

@@ -18,6 +18,7 @@ from certbot import achallenges, errors, interfaces
 from certbot.plugins import common
 
 from certbot_email import certbot_compat
+from certbot_email.protocol import csr
 from certbot_email.protocol.challenges import (
     IMPLICIT_TLS_SERVICES,
     SERVICE_PORTS,
@@ -222,7 +223,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         if self.conf("srv-names") and service in NO_SRV_NAME:
             logger.warning("No SRVName for %s: RFC 7817 defines none for MTA-to-MTA SMTP", service)
         elif self.conf("srv-names"):
-            hosts = [str(name) for name in self.config.domains or () if "@" not in str(name)]
+            hosts = csr.srv_name_hosts(str(name) for name in self.config.domains or ())
             certbot_compat.csr_profile.srv_names = [(service, host) for host in hosts]
 
     def _check_postfix_mode(self) -> None:

@@ -94,11 +94,6 @@ def parse_config(doveconf_output: str) -> ConfigBlock:
     return root
 
 
-def dropin_text(names: SettingNames, key_path: str, fullchain_path: str, enable_ssl: bool) -> str:
-    """The drop-in file: the certificate and key, and ssl = yes if TLS was off."""
-    return render_dropin(names, Dropin((KeyAndChain(key_path, fullchain_path),), {}, enable_ssl))
-
-
 def render_dropin(names: SettingNames, dropin: Dropin) -> str:
     """The drop-in: default pairs, a `local_name` block per SNI name, ssl = yes if it was off."""
     lines = ["# Written by certbot-email (certbot installer); certbot rollback removes it."]

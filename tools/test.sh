@@ -16,7 +16,7 @@ status=0
 .venv-tox/bin/tox run -- "$@" || status=$?
 
 # One closing line over both certbot versions, counted by tests/conftest.py.
-awk '{p += $2; f += $3; i += $4} END {
+awk '{p += $2; f += $3; i += $4; s += $5} END {
        printf "integration tests run: %d\n", i
-       printf "tests: %d passed, %d failed\n", p, f }' "$CERTBOT_EMAIL_TEST_TALLY"
+       printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$CERTBOT_EMAIL_TEST_TALLY"
 exit "$status"

@@ -1,8 +1,9 @@
 """The ACME values a mail server advertises, read from its replies (draft-ietf-acme-email-tls §3.4).
 
-`challenges.ehlo_keyword_line`, `imap_capability` and `pop3_capa_line` build these lines; the
-test CA's validators and the email-capability plugin's probe read them back with these parsers,
-so both agree on what counts as advertised.
+The email-capability plugin advertises them (its Dovecot snippet through
+`challenges.imap_capability`; its stdlib-only responder writes the lines itself); the test CA's
+validators and the plugin's probe read them back with these parsers, so both agree on what counts
+as advertised.
 """
 from collections.abc import Iterable
 

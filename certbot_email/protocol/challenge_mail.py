@@ -303,10 +303,11 @@ class ChallengeMailJudge:
     Thread-safe: a background worker judges while the plugin asks what is still pending.
     """
 
-    def __init__(self, relaxations: Iterable[Relaxation] = STRICT,
-                 txt_lookup: Optional[TxtLookup] = None, answered: Iterable[str] = (),
+    def __init__(self, relaxations: Iterable[Relaxation] = STRICT, *, txt_lookup: TxtLookup,
+                 answered: Iterable[str] = (),
                  smime_verifier: Optional[SmimeVerifier] = None) -> None:
-        """``answered``: earlier runs' ``answer_keys``; ``smime_verifier`` admits S/MIME proof."""
+        """``txt_lookup`` fetches DKIM keys (the transport layer's, so no DNS happens here);
+        ``answered``: earlier runs' ``answer_keys``; ``smime_verifier`` admits S/MIME proof."""
         self.relaxations = frozenset(relaxations)
         self._txt_lookup = txt_lookup
         self._smime_verifier = smime_verifier
@@ -447,10 +448,7 @@ class ChallengeMailJudge:
         if tags.body_length is not None:
             raise MailRejectedError(Rule.DKIM_BODY_LENGTH, f"l={tags.body_length}")
         try:
-            if self._txt_lookup is None:
-                valid = verifier.verify(idx=index)
-            else:
-                valid = verifier.verify(idx=index, dnsfunc=self._txt_lookup)
+            valid = verifier.verify(idx=index, dnsfunc=self._txt_lookup)
         except Exception as error:  # noqa: BLE001 - dkimpy and DNS lookups raise many types
             raise MailRejectedError(Rule.DKIM_INVALID, f"d={tags.domain}: {error}") from None
         if not valid:

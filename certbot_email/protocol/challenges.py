@@ -183,16 +183,6 @@ class CapabilityPOP00(_ScopedChallenge):
     typ = response_cls.typ
 
 
-def ehlo_keyword_line(value: str) -> str:
-    """The EHLO keyword line (without the ``250-`` prefix) advertising ``value``."""
-    return f"ACME {value}"
-
-
 def imap_capability(value: str) -> str:
     """The IMAP capability atom advertising ``value``."""
     return f"ACME={value}"
-
-
-def pop3_capa_line(value: str) -> str:
-    """The POP3 CAPA line advertising ``value``."""
-    return f"ACME {value}"

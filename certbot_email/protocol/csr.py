@@ -4,6 +4,7 @@ Also the S/MIME key usage a CSR asks for (RFC 8823 §3.3). Pure functions over
 ``cryptography`` objects; certbot_compat decides when they are used.
 """
 import enum
+import ipaddress
 from typing import Iterable
 
 from cryptography import x509
@@ -60,6 +61,19 @@ def srv_general_name(service: str, host: str) -> x509.GeneralName:
     """SRVName ``_<service>.<host>`` as an IA5String otherName (RFC 4985 §2, no ``_tcp``)."""
     value = f"_{service}.{host}".encode("ascii")
     return x509.OtherName(OID_SRV_NAME, _der_string(_IA5_STRING, value))
+
+
+def srv_name_hosts(names: Iterable[str]) -> list[str]:
+    """The names an SRVName can be made for: plain host names, not mailboxes, wildcards or IP
+    addresses (RFC 4985's Name is a DNS domain)."""
+    hosts = []
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not identifiers.is_mailbox(name) and not name.startswith("*."):
+                hosts.append(name)
+    return hosts
 
 
 def mailboxes(names: x509.SubjectAlternativeName) -> list[str]:

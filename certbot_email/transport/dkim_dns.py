@@ -27,12 +27,16 @@ def parse_server(text: str) -> tuple[str, int]:
     return host, port
 
 
-def txt_lookup(server: str, timeout: float = 5.0) -> Callable[..., Optional[bytes]]:
-    """A dkimpy ``dnsfunc`` that asks only ``server`` (``IP[:PORT]``), never the system resolver."""
-    host, port = parse_server(server)
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [host]
-    resolver.port = port
+def txt_lookup(server: Optional[str], timeout: float = 5.0) -> Callable[..., Optional[bytes]]:
+    """A dkimpy ``dnsfunc`` that asks only ``server`` (``IP[:PORT]``), or the system's resolver
+    when none is given."""
+    if server is None:
+        resolver = dns.resolver.Resolver()
+    else:
+        host, port = parse_server(server)
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [host]
+        resolver.port = port
     resolver.lifetime = timeout
 
     def lookup(name: bytes, timeout: float = timeout) -> Optional[bytes]:

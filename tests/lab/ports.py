@@ -62,6 +62,13 @@ class PortReservation:
                     chosen[name] = port
         return Ports(**chosen)
 
+    def one(self) -> int:
+        """Reserve one more free TCP port, until release()."""
+        for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
+            if self._reserve(port, udp=False):
+                return port
+        raise RuntimeError(f"no free port left in {PORT_RANGE}")
+
     def release(self) -> None:
         """Let other labs use the ports again."""
         for path, lock in self._locks.items():
@@ -97,3 +104,12 @@ def _bindable(port: int, *, udp: bool) -> bool:
                 except OSError:
                     return False
     return True
+
+
+_TEST_PORTS = PortReservation()
+
+
+def free_port() -> int:
+    """A port for a test's own server: outside the ephemeral range, so no client connection
+    can take it between the pick and the bind; reserved until the process ends."""
+    return _TEST_PORTS.one()

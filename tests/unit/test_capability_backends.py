@@ -21,6 +21,7 @@ from certbot_email_smtpext import capability_postfix as postfix_backend
 from certbot_email_smtpext import capability_probe, capability_state
 from certbot_email_smtpext.capability_plugin import Authenticator
 from certbot_email_smtpext.postfix import MasterService
+from tests.lab.ports import free_port
 from tests.unit.vectors import RFC7638_KEY
 
 VALUE = "ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
@@ -254,12 +255,6 @@ def test_prepare_asks_for_srv_names_except_for_smtp(tmp_path):
     certbot_compat.csr_profile.srv_names = []
     make_plugin(tmp_path, service="smtp", srv_names=True).prepare()
     assert certbot_compat.csr_profile.srv_names == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_achall(chall: object) -> achallenges.KeyAuthorizationAnnotatedChallenge:

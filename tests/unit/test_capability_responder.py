@@ -15,15 +15,10 @@ import pytest
 
 from certbot_email_smtpext import capability_probe, capability_responder
 from certbot_email_smtpext.capability_state import write_throwaway_certificate, write_values
+from tests.lab.ports import free_port
 
 VALUES = ("ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8",
           "gfj9Xq-Rg85nM_second-value_0123456789abcd")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(name="context")

@@ -120,21 +120,28 @@ def test_credentials_are_files_only(names, settings, expected):
     assert dovecot.credentials(settings, names) == expected
 
 
+def one_pair_dropin(key_path: str, fullchain_path: str, enable_ssl: bool) -> dovecot.Dropin:
+    return dovecot.Dropin((KeyAndChain(key_path, fullchain_path),), {}, enable_ssl)
+
+
 def test_dropin_for_23_reads_files_with_a_less_than_sign():
-    assert dovecot.dropin_text(V23, "/l/privkey.pem", "/l/fullchain.pem", enable_ssl=False) == (
+    dropin = one_pair_dropin("/l/privkey.pem", "/l/fullchain.pem", enable_ssl=False)
+    assert dovecot.render_dropin(V23, dropin) == (
         "# Written by certbot-email (certbot installer); certbot rollback removes it.\n"
         "ssl_cert = </l/fullchain.pem\nssl_key = </l/privkey.pem\n")
 
 
 def test_dropin_for_24_uses_the_new_names_and_turns_ssl_on():
-    text = dovecot.dropin_text(V24, "/l/privkey.pem", "/l/fullchain.pem", enable_ssl=True)
+    text = dovecot.render_dropin(V24, one_pair_dropin("/l/privkey.pem", "/l/fullchain.pem",
+                                                      enable_ssl=True))
     assert text.splitlines()[1:] == ["ssl_server_cert_file = /l/fullchain.pem",
                                      "ssl_server_key_file = /l/privkey.pem", "ssl = yes"]
 
 
 def test_dropin_refuses_a_path_dovecot_cannot_read():
     with pytest.raises(errors.PluginError, match="cannot read a file named"):
-        dovecot.dropin_text(V23, "/l/priv\nkey.pem", "/l/fullchain.pem", enable_ssl=False)
+        dovecot.render_dropin(V23, one_pair_dropin("/l/priv\nkey.pem", "/l/fullchain.pem",
+                                                   enable_ssl=False))
 
 
 @pytest.mark.parametrize("text, found", [

@@ -14,11 +14,11 @@ V2_VALUE = "ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
 def test_v2_value_is_read_back_from_the_lines_we_build():
     value = keyauth.key_authorization_digest(keyauth.key_authorization(V2_TOKEN, RFC7638_KEY))
     assert value == V2_VALUE
-    assert ehlo_acme_values(["250-mail.example.net", "250-" + challenges.ehlo_keyword_line(value),
+    assert ehlo_acme_values(["250-mail.example.net", f"250-ACME {value}",
                              "250 8BITMIME"]) == [V2_VALUE]
     assert imap_acme_values("* CAPABILITY IMAP4rev1 STARTTLS "
                             + challenges.imap_capability(value)) == [V2_VALUE]
-    assert pop3_acme_values(["TOP", challenges.pop3_capa_line(value), "STLS"]) == [V2_VALUE]
+    assert pop3_acme_values(["TOP", f"ACME {value}", "STLS"]) == [V2_VALUE]
 
 
 def test_ehlo_reply_from_the_draft():

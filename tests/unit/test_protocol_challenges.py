@@ -109,13 +109,9 @@ def test_dns_email_arrays_variant_and_its_parsing():
     assert (parsed.service, list(parsed.services)) == (None, ["imap", "imaps"])
 
 
-def test_v2_capability_lines():
-    assert "250-" + email_challenges.ehlo_keyword_line(EMAIL_TLS_VALUE) == \
-        "250-ACME ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
+def test_v2_imap_capability_atom():
     assert email_challenges.imap_capability(EMAIL_TLS_VALUE) == \
         "ACME=ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
-    assert email_challenges.pop3_capa_line(EMAIL_TLS_VALUE) == \
-        "ACME ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
 
 
 def test_implicit_tls_services_are_the_rfc8314_ones():

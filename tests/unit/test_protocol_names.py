@@ -84,3 +84,9 @@ def test_rfc8823_key_usage_follows_the_key_type(usage, rsa_bits, ec_bits):
     for key, expected in ((rsa_key, rsa_bits), (ec_key, ec_bits)):
         usage_ext = csr.mailbox_key_usage(usage, key)
         assert {bit for bit in bits if getattr(usage_ext, bit)} == expected
+
+
+def test_srv_names_are_made_only_for_plain_host_names():
+    assert csr.srv_name_hosts(["mail.example.test", "*.example.test", "alice@example.test",
+                               "192.0.2.1", "2001:db8::1", "imap.example.test"]) == \
+        ["mail.example.test", "imap.example.test"]
