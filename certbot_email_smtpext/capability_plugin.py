@@ -26,6 +26,7 @@ from certbot_email.protocol.challenges import (
     CapabilityPOP00,
     CapabilitySMTP00,
 )
+from certbot_email_smtpext import dovecot, postfix  # the installers load them on every run too
 
 if TYPE_CHECKING:
     from certbot_email_smtpext.capability_standalone import ListenerRelease
@@ -45,8 +46,6 @@ BACKENDS = ("auto", "dovecot", "postfix", "standalone")
 POSTFIX_MODES = ("responder", "relay")
 #: RFC 7817 and RFC 6186 define no SRV-ID for MTA-to-MTA smtp, so --srv-names skips it.
 NO_SRV_NAME = frozenset({"smtp"})
-DEFAULT_POSTFIX_CONFIG_DIR = "/etc/postfix"
-DEFAULT_DOVECOT_CONFIG = "/etc/dovecot/dovecot.conf"
 DEFAULT_PROBE_TIMEOUT = 10.0
 
 
@@ -86,9 +85,9 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         add("backend", type=str, default="auto",
             help="dovecot (IMAP), postfix (SMTP), standalone (any), or auto: postfix for SMTP "
                  "services, dovecot for IMAP, standalone for POP3 (default: auto)")
-        add("postfix-config-dir", type=str, default=DEFAULT_POSTFIX_CONFIG_DIR,
+        add("postfix-config-dir", type=str, default=postfix.DEFAULT_CONFIG_DIR,
             help="Postfix config directory (postfix -c)")
-        add("dovecot-config", type=str, default=DEFAULT_DOVECOT_CONFIG,
+        add("dovecot-config", type=str, default=dovecot.DEFAULT_CONFIG,
             help="dovecot.conf of the instance (doveconf -c)")
         add("dovecot-snippet", type=str, default=None,
             help="Our temporary Dovecot snippet (default: certbot-email-capability.conf next "

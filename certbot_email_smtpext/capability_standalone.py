@@ -6,17 +6,15 @@ submission, Exim, OpenSMTPD, ...). The port is freed by a Dovecot listener snipp
 The handover leaves the port without a listener for a few milliseconds each way
 (notes/mail-protocol-proof.md §2.2).
 """
-import shlex
-import subprocess
 import tempfile
 from typing import Optional, Sequence
 
 from certbot import errors
 
+from certbot_email_smtpext import commands
 from certbot_email_smtpext.capability_dovecot import DovecotSnippet, listener_off_snippet
 from certbot_email_smtpext.capability_responder import Advertised, ThreadedResponder, tls_context
 from certbot_email_smtpext.capability_state import (
-    COMMAND_TIMEOUT_SECONDS,
     ValidationState,
     write_throwaway_certificate,
 )
@@ -67,17 +65,9 @@ class CommandRelease(ListenerRelease):
 
     def release(self, state: ValidationState) -> None:
         try:
-            done = subprocess.run(["/bin/sh", "-c", self.stop_command], capture_output=True,
-                                  text=True, check=False, stdin=subprocess.DEVNULL,
-                                  timeout=COMMAND_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            raise errors.PluginError(
-                f"--email-capability-stop-command {shlex.quote(self.stop_command)} did not "
-                f"finish within {COMMAND_TIMEOUT_SECONDS} s") from None
-        if done.returncode != 0:
-            raise errors.PluginError(
-                f"--email-capability-stop-command {shlex.quote(self.stop_command)} exited "
-                f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
+            commands.run(["/bin/sh", "-c", self.stop_command])
+        except errors.PluginError as error:
+            raise errors.PluginError(f"--email-capability-stop-command: {error}") from None
 
 
 class StandaloneResponder:

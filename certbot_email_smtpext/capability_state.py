@@ -13,12 +13,13 @@ import logging
 import os
 import pwd
 import shutil
-import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
 from certbot import errors, reverter
+
+from certbot_email_smtpext import commands
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ RESPONDER_COPY = "responder.py"
 VALUES_FILE = "values.json"
 CERT_FILE, KEY_FILE = "throwaway-cert.pem", "throwaway-key.pem"
 #: Restore commands are reloads; one that hangs must not keep the server changed forever.
-COMMAND_TIMEOUT_SECONDS = 60
 #: How long responders spawned just before the restore may still need the runtime files.
 RUNTIME_DRAIN_SECONDS = 3.0
 #: How long a restore waits for relayed sessions to end before removing what they talk to.
@@ -145,15 +145,11 @@ def _wait_for_processes_using(directory: str, timeout: float) -> None:
 
 
 def _run(command: Sequence[str]) -> list[str]:
-    """Run one restore command; what went wrong, if anything."""
+    """Run one restore command; what went wrong, if anything (restoring goes on regardless)."""
     try:
-        done = subprocess.run(list(command), capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, timeout=COMMAND_TIMEOUT_SECONDS)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return [f"`{' '.join(command)}` failed: {error}"]
-    if done.returncode != 0:
-        return [f"`{' '.join(command)}` exited {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()}"]
+        commands.run(command)
+    except errors.PluginError as error:
+        return [str(error)]
     return []
 
 

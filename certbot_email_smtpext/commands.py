@@ -27,6 +27,8 @@ def status(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(list(argv), capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS, check=False)
+    except OSError as error:
+        raise errors.PluginError(f"cannot run `{' '.join(argv)}`: {error}") from None
     except subprocess.TimeoutExpired:
         raise errors.PluginError(f"`{' '.join(argv)}` did not finish within {TIMEOUT_SECONDS} s; "
                                  "check that the daemon and its config directory respond") from None

@@ -221,7 +221,7 @@ def test_handover_runs_first_and_the_files_wait_for_relays_to_end(tmp_path):
 def test_a_failing_restore_command_keeps_the_record(tmp_path):
     state = make_state(tmp_path)
     state.begin("test", [["/bin/sh", "-c", "echo nope >&2; exit 3"]])
-    assert state.restore() == ["`/bin/sh -c echo nope >&2; exit 3` exited 3: nope"]
+    assert state.restore() == ["`/bin/sh -c echo nope >&2; exit 3` failed with exit status 3: nope"]
     assert state.pending() is not None
 
 
