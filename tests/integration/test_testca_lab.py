@@ -15,11 +15,9 @@ import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dkim
-import dns.query
-import dns.update
 import pytest
 from acme import messages
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +27,7 @@ from certbot_email.protocol import challenge_mail as challenge_mail_rules
 from certbot_email.protocol import keyauth, rfc8823
 from certbot_email.testing import mailcheck, mailer, rawclient, runtime
 from certbot_email.testing.config import CAConfig, MailSettings
+from tests.lab import testca as testca_lab
 from tests.lab.lab import Lab
 from tests.lab.ports import HOST
 
@@ -38,15 +37,21 @@ MAIL_HOST = "mail.example.test"
 PATIENCE = 30.0
 
 
+#: Every TXT owner a test published; removed after it, since the session's BIND is shared.
+PUBLISHED: set[str] = set()
+
+
 def publish_txt(lab: Lab, name: str, value: str) -> None:
-    """Replace the TXT at ``name`` (absolute) through a TSIG-signed RFC 2136 update."""
-    update = dns.update.UpdateMessage(lab.domain, keyring=lab.dns.keyring(),
-                                      keyalgorithm=lab.dns.key_algorithm)
-    relative = name.removesuffix("." + lab.domain)
-    chunks = " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250))
-    update.replace(relative, 60, "TXT", chunks)
-    response = dns.query.tcp(update, HOST, port=lab.dns.port, timeout=5)
-    assert response.rcode() == 0
+    """Publish through the lab, and remember the name for the clean-up."""
+    PUBLISHED.add(name)
+    testca_lab.publish_txt(lab, name, value)
+
+
+@pytest.fixture(autouse=True)
+def remove_published_txt(lab: Lab) -> Iterator[None]:
+    yield
+    while PUBLISHED:
+        testca_lab.remove_txt(lab, PUBLISHED.pop())
 
 
 def launch_ca(lab: Lab, tmp_path: Path, **mail_options: Any) -> runtime.LaunchedCA:

@@ -35,19 +35,36 @@ class RunningTestCA:
     log: Path
 
 
-def publish_txt(lab: Lab, name: str, value: str) -> None:
-    """Replace the TXT record at name (relative to the zone) by TSIG update, in 250-byte strings."""
-    update = dns.update.UpdateMessage(lab.domain, keyring=lab.dns.keyring())
-    update.replace(name, 300, "TXT",
-                   " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250)))
+def _relative(lab: Lab, name: str) -> str:
+    """An owner name relative to the lab zone, whether given absolute (with or without the
+    final dot) or relative."""
+    return name.removesuffix(".").removesuffix(f".{lab.domain}")
+
+
+def _send_update(lab: Lab, update: dns.update.UpdateMessage, what: str) -> None:
     if dns.query.tcp(update, HOST, port=lab.dns.port, timeout=10).rcode() != 0:
-        raise LabError(f"the lab DNS refused to publish {name}")
+        raise LabError(f"the lab DNS refused to {what}")
+
+
+def publish_txt(lab: Lab, name: str, value: str) -> None:
+    """Replace the TXT record at name by TSIG update, in 250-byte strings."""
+    update = dns.update.UpdateMessage(lab.domain, keyring=lab.dns.keyring())
+    update.replace(_relative(lab, name), 60, "TXT",
+                   " ".join(f'"{value[i:i + 250]}"' for i in range(0, len(value), 250)))
+    _send_update(lab, update, f"publish {name}")
+
+
+def remove_txt(lab: Lab, name: str) -> None:
+    """Delete every TXT record at name, so that the session's zone stays as the lab made it."""
+    update = dns.update.UpdateMessage(lab.domain, keyring=lab.dns.keyring())
+    update.delete(_relative(lab, name), "TXT")
+    _send_update(lab, update, f"remove {name}")
 
 
 def _publish_dkim_record(lab: Lab, record_file: Path) -> None:
     """Publish the record the CA wrote: ``<selector>._domainkey.<domain>. TXT "<value>"``."""
     owner, _, quoted = record_file.read_text(encoding="utf-8").strip().partition(" TXT ")
-    publish_txt(lab, owner.removesuffix(f".{lab.domain}."), quoted.strip('"'))
+    publish_txt(lab, owner, quoted.strip('"'))
 
 
 @contextlib.contextmanager
