@@ -92,12 +92,7 @@ class DovecotSnippet:
                 before_reload: Optional[Callable[[], None]] = None) -> None:
         """Write the snippet (and its include), refuse it unless doveconf passes, reload."""
         state.protect(self.path)
-        config_text = _read(self.config_file)
-        if not dovecot.includes(config_text, self.path):
-            state.protect(self.config_file)
-            with open(self.config_file, "a", encoding="utf-8") as config:
-                config.write(("" if config_text.endswith("\n") else "\n")
-                             + f"!include_try {self.path}\n")
+        self.daemon.include(self.path, state.protect)
         with open(self.path, "w", encoding="utf-8") as snippet:
             snippet.write(text)
         try:
@@ -130,11 +125,3 @@ class DovecotImap(DovecotSnippet):
         self.install(state, imap_snippet(version, current, values), check_effective)
 
 
-def _read(path: str) -> str:
-    """A config file's text."""
-    try:
-        with open(path, encoding="utf-8") as config:
-            return config.read()
-    except OSError as error:
-        raise errors.PluginError(f"cannot read {path}: {error}; check "
-                                 "--email-capability-dovecot-config") from None

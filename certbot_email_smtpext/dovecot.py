@@ -252,12 +252,7 @@ class Dovecot:
                 dropin_file.write(text)
             what = f"local_name {', '.join(server_names)}" if server_names else names.cert
             changes.append(f"{self.dropin}: {what} -> {fullchain_path}")
-        config_text = read_text(self.config_file) or ""
-        if not includes(config_text, self.dropin):
-            before_edit(self.config_file)
-            with open(self.config_file, "a", encoding="utf-8") as config:
-                config.write(("" if config_text.endswith("\n") else "\n")
-                             + f"!include_try {self.dropin}\n")
+        if self.include(self.dropin, before_edit):
             changes.append(f"{self.config_file}: !include_try {self.dropin}")
         scopes: list[str | None] = [*server_names] or [None]
         for name in scopes:
@@ -269,6 +264,17 @@ class Dovecot:
                     f"{self.dropin}: a later setting overrides it; move the !include_try line "
                     "to the end")
         return changes
+
+    def include(self, path: str, before_edit: Callable[[str], None]) -> bool:
+        """Append ``!include_try path`` to dovecot.conf unless it already includes the file
+        (the one line of the admin's files we may touch); True when it was added."""
+        config_text = read_text(self.config_file) or ""
+        if includes(config_text, path):
+            return False
+        before_edit(self.config_file)
+        with open(self.config_file, "a", encoding="utf-8") as config:
+            config.write(("" if config_text.endswith("\n") else "\n") + f"!include_try {path}\n")
+        return True
 
     def _setting(self, setting: str, local_name: str | None = None) -> str:
         """One setting's value, for connections that ask for local_name by SNI when given."""
