@@ -107,12 +107,18 @@ def response_for(lab: Lab, challenge_raw: bytes, client: rawclient.RawClient,
     return message
 
 
-def smime_order(testca: runtime.LaunchedCA) -> tuple[rawclient.RawClient, messages.OrderResource,
-                                                     messages.ChallengeBody]:
+def new_order(testca: runtime.LaunchedCA, identifier_type: str, value: str, challenge: str
+              ) -> tuple[rawclient.RawClient, messages.OrderResource, messages.ChallengeBody]:
+    """A fresh account's order for one identifier, and the chosen challenge of it."""
     client = rawclient.RawClient(testca.directory_url, testca.root_path)
     client.register()
-    order = client.new_order("email", (ALICE,))
-    return client, order, client.challenge(order.authorizations[0], "email-reply-00")
+    order = client.new_order(identifier_type, (value,))
+    return client, order, client.challenge(order.authorizations[0], challenge)
+
+
+def smime_order(testca: runtime.LaunchedCA) -> tuple[rawclient.RawClient, messages.OrderResource,
+                                                     messages.ChallengeBody]:
+    return new_order(testca, "email", ALICE, "email-reply-00")
 
 
 def finalize_smime_and_sign(tmp_path: Path, testca: runtime.LaunchedCA,
@@ -203,10 +209,7 @@ def test_smime_post_then_mail_then_reply_and_bad_replies(lab, tmp_path):
 def test_tls_certificate_via_dns_email_with_srv_name(lab, tmp_path):
     testca = launch_ca(lab, tmp_path)
     try:
-        client = rawclient.RawClient(testca.directory_url, testca.root_path)
-        client.register()
-        order = client.new_order("dns", (MAIL_HOST,))
-        challb = client.challenge(order.authorizations[0], "dns-email-00")
+        client, order, challb = new_order(testca, "dns", MAIL_HOST, "dns-email-00")
         publish_txt(lab, f"_993._imaps._acme-challenge.{MAIL_HOST}",
                     challb.chall.validation(client.key))
         client.answer(challb, challb.chall.scoped_response(client.key, "imaps"))
@@ -284,10 +287,7 @@ class ResponderHandler(socketserver.StreamRequestHandler):
 def test_tls_certificate_via_capability(lab, tmp_path, typ, service, protocol):
     testca = launch_ca(lab, tmp_path)
     try:
-        client = rawclient.RawClient(testca.directory_url, testca.root_path)
-        client.register()
-        order = client.new_order("dns", (MAIL_HOST,))
-        challb = client.challenge(order.authorizations[0], typ)
+        client, order, challb = new_order(testca, "dns", MAIL_HOST, typ)
         context = None
         if service in ("submissions", "imaps", "pop3s"):
             chain, key = testca.ca.authority.server_certificate(MAIL_HOST)
@@ -312,10 +312,7 @@ def test_tls_certificate_via_capability(lab, tmp_path, typ, service, protocol):
 def test_capability_with_the_wrong_value_is_invalid(lab, tmp_path):
     testca = launch_ca(lab, tmp_path)
     try:
-        client = rawclient.RawClient(testca.directory_url, testca.root_path)
-        client.register()
-        order = client.new_order("dns", (MAIL_HOST,))
-        challb = client.challenge(order.authorizations[0], "capability-smtp-00")
+        client, order, challb = new_order(testca, "dns", MAIL_HOST, "capability-smtp-00")
         responder = Responder("smtp", "not-the-digest", None)
         try:
             testca.ca.network.port_overrides["submission"] = responder.port
