@@ -25,6 +25,17 @@ def test_local_part_is_kept_and_domain_folded(typed, normalized):
     ("alice@localhost", "fully qualified"),
     ("alice@exa..mple.com", "not a valid host name"),
     ("a" * 65 + "@example.com", "64 octets"),
+    ("alice@@example.test", "more than one '@'"),
+    ("ali<ce@example.test", "quoting"),
+    ("ali\x00ce@example.test", "quoting"),
+    ("alice@exa_mple.test", "the label 'exa_mple' is not letters, digits and inner hyphens"),
+    ("alice@-bad.test", "the label '-bad'"),
+    ("alice@example.test-", "the label 'test-'"),
+    ("alice@ex ample.test", "the label 'ex ample'"),
+    ("alice@[192.0.2.1]", "not a valid host name"),
+    ("alice@192.0.2.1", "fully qualified"),
+    ("alice@" + "a" * 64 + ".test", "not a valid host name"),
+    ("alice@" + ".".join(["a" * 60] * 5), "longer than 253"),
 ])
 def test_unusable_addresses_are_refused_with_a_reason(bad, reason):
     with pytest.raises(identifiers.MailboxError, match=reason):
