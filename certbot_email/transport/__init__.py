@@ -1,6 +1,7 @@
 """Transport layer: talking to mail and DNS servers. No certbot imports here."""
 import dataclasses
 import enum
+import socket
 import ssl
 import threading
 from typing import Optional, Union
@@ -22,6 +23,33 @@ class TlsMode(enum.Enum):
 def tls_context(ca_file: Optional[str] = None) -> ssl.SSLContext:
     """A verifying TLS context: the system CAs, or only ``ca_file`` for a private CA."""
     return ssl.create_default_context(cafile=ca_file)
+
+
+def offers_implicit_tls(host: str, port: int, timeout: float) -> bool:
+    """True if the port completes a TLS handshake straight away, as implicit-TLS ports do.
+
+    Only a probe for naming a TLS mode mistake: the certificate is not checked, and nothing
+    is sent over the connection.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def first_bytes(host: str, port: int, timeout: float) -> bytes:
+    """What the port sends of its own accord right after connecting (a plaintext greeting such
+    as SMTP's ``220``), or ``b""`` when it sends nothing in time."""
+    try:
+        with socket.create_connection((host, port), timeout) as sock:
+            return sock.recv(16)
+    except OSError:
+        return b""
 
 
 class MailProtocol(enum.Enum):
