@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 BUNDLE_NAME = "bundle.p12"
 LINEAGE_VARIABLE = "RENEWED_LINEAGE"
+#: How a renewal configuration's deploy hook names this program (console script or module).
+HOOK_NAMES = ("certbot-email-pkcs12", "certbot_email.pkcs12_hook")
 #: Named encryption profiles: "modern" is AES-256 with PBKDF2 (OpenSSL 3's default); "legacy" is
 #: 3DES with SHA-1, for clients that cannot read anything newer (older Windows and macOS).
 PROFILES = ("modern", "legacy")
@@ -107,6 +109,27 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def remove_bundle(renewal_file: str) -> Optional[Path]:
+    """Delete the bundle this hook made for a lineage that ``certbot delete`` is removing.
+
+    certbot deletes only the files it made, and runs no hook on delete, so without this the
+    bundle, private key inside, would outlive the lineage and keep its live directory (which
+    blocks a new certificate of that name). Only a regular ``bundle.p12`` beside the lineage's
+    ``cert.pem`` goes, and only when the renewal configuration runs this hook.
+    """
+    import configobj  # certbot's own parser for renewal configurations
+    renewal = configobj.ConfigObj(renewal_file, encoding="utf-8", default_encoding="utf-8")
+    hook = str(renewal.get("renewalparams", {}).get("renew_hook") or "")
+    cert = renewal.get("cert")
+    if not cert or not any(name in hook for name in HOOK_NAMES):
+        return None
+    bundle = Path(str(cert)).parent / BUNDLE_NAME
+    if bundle.is_symlink() or not bundle.is_file():
+        return None
+    bundle.unlink()
+    return bundle
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -142,3 +142,37 @@ def test_without_certbot_environment_it_says_how_to_run(
     monkeypatch.delenv(pkcs12_hook.LINEAGE_VARIABLE, raising=False)
     assert pkcs12_hook.main([]) == 2
     assert "--deploy-hook" in capsys.readouterr().err
+
+
+def renewal_conf(tmp_path: Path, renew_hook: str) -> str:
+    """A renewal configuration naming live/alice's cert.pem and the given deploy hook."""
+    live = tmp_path / "live" / ALICE
+    live.mkdir(parents=True)
+    path = tmp_path / f"{ALICE}.conf"
+    path.write_text(f"cert = {live / 'cert.pem'}\n[renewalparams]\nrenew_hook = {renew_hook}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("hook", ["certbot-email-pkcs12 --profile legacy",
+                                  "/venv/bin/python -m certbot_email.pkcs12_hook"])
+def test_remove_bundle_deletes_what_the_hook_made(tmp_path: Path, hook: str) -> None:
+    conf = renewal_conf(tmp_path, hook)
+    bundle = tmp_path / "live" / ALICE / pkcs12_hook.BUNDLE_NAME
+    bundle.write_bytes(b"bundle")
+    assert pkcs12_hook.remove_bundle(conf) == bundle
+    assert not bundle.exists()
+
+
+def test_remove_bundle_leaves_other_hooks_files_and_symlinks(tmp_path: Path) -> None:
+    conf = renewal_conf(tmp_path, "systemctl reload postfix")
+    bundle = tmp_path / "live" / ALICE / pkcs12_hook.BUNDLE_NAME
+    bundle.write_bytes(b"someone else's")
+    assert pkcs12_hook.remove_bundle(conf) is None and bundle.exists()
+    bundle.unlink()
+    target = tmp_path / "elsewhere.p12"
+    target.write_bytes(b"not ours to delete")
+    bundle.symlink_to(target)
+    (tmp_path / "ours.conf").write_text(Path(conf).read_text().replace(
+        "systemctl reload postfix", "certbot-email-pkcs12"))
+    assert pkcs12_hook.remove_bundle(str(tmp_path / "ours.conf")) is None
+    assert bundle.is_symlink() and target.exists()
