@@ -8,9 +8,12 @@ H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot low
     types; H3 ``make_csr`` writes mailboxes as rfc822Name/SmtpUTF8Mailbox SANs; H4
     ``get_identifiers_from_x509`` reads them back from CSRs and certificates (renewal,
     ``certbot certificates``, duplicate detection); H5 ``NewOrder`` sends them as ``email``
-    identifiers. Every hook passes names without ``@`` through untouched. Installing never
-    raises: certbot imports us on every run, nginx renewals included. A hook that cannot be
-    installed is recorded, and our plugins refuse in ``prepare()`` (``require_support``).
+    identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's refusal of ``email``
+    identifiers into a hint, and H6 makes ``certbot delete`` remove our PKCS#12 bundle (it holds
+    the private key) with the lineage. Every hook passes names without ``@`` through untouched.
+    Installing never raises: certbot imports us on every run, nginx renewals included. A hook
+    that cannot be installed is recorded, and our plugins refuse in ``prepare()``
+    (``require_support``); a courtesy hook that cannot be installed is only logged.
 """
 import dataclasses
 import inspect
@@ -217,6 +220,107 @@ def _install_new_order() -> None:
     messages.NewOrder = NewOrder  # type: ignore[misc]
 
 
+# ---- H5b: a CA that refuses email identifiers gets a hint, not a bare refusal -------------
+
+#: ACME errors a CA answers a newOrder with when it does not know the ``email`` type.
+_UNKNOWN_IDENTIFIER_ERRORS = ("unsupportedIdentifier", "malformed")
+
+
+def _install_new_order_hint() -> None:
+    from acme import client, messages
+    from cryptography import x509
+
+    from certbot_email.protocol import csr
+    original = client.ClientV2.new_order
+    if _is_hook(original):
+        return
+    if not _has_parameters(original, ["self", "csr_pem"]):
+        raise LookupError("acme.client.ClientV2.new_order changed its signature")
+
+    def csr_mailboxes(csr_pem: bytes) -> list[str]:
+        try:
+            extension = x509.load_pem_x509_csr(csr_pem).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName)
+        except (ValueError, x509.ExtensionNotFound):
+            return []
+        return csr.mailboxes(extension.value)
+
+    def new_order(self: Any, csr_pem: bytes, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, csr_pem, *args, **kwargs)
+        except messages.Error as error:
+            mailboxes = csr_mailboxes(csr_pem) if error.code in _UNKNOWN_IDENTIFIER_ERRORS else []
+            if not mailboxes:
+                raise
+            from certbot import errors
+            raise errors.Error(unknown_email_identifier_hint(
+                mailboxes, error.detail or str(error))) from error
+    client.ClientV2.new_order = _mark(new_order)  # type: ignore[method-assign]
+
+
+def unknown_email_identifier_hint(mailboxes: Sequence[str], refusal: str) -> str:
+    """What a refused newOrder for mailboxes most likely means, and what to do about it."""
+    return (f"The CA refused the order for {', '.join(mailboxes)}: {refusal}. This CA does not "
+            f"issue certificates for email addresses (RFC 8823 'email' identifiers); Let's "
+            f"Encrypt, certbot's default, does not. Give a CA that does with --server "
+            f"DIRECTORY-URL: see 'Which CA issues certificates for email addresses' in the "
+            f"certbot-email README (acme2certifier, the CASTLE CA, or certbot-email-testca "
+            f"for a trial).")
+
+
+# ---- H6: ``certbot delete`` also removes the PKCS#12 bundle our deploy hook made ----------
+
+def _install_delete_files() -> None:
+    from certbot._internal import storage
+    original = storage.delete_files
+    if _is_hook(original):
+        return
+    if not _has_parameters(original, ["config", "certname"]):
+        raise LookupError("certbot._internal.storage.delete_files changed its signature")
+
+    def delete_files(config: Any, certname: str) -> None:
+        try:
+            from certbot_email import pkcs12_hook
+            removed = pkcs12_hook.remove_bundle(
+                storage.renewal_file_for_certname(config, certname))
+            if removed is not None:
+                logger.info("Removed %s, made by the certbot-email-pkcs12 deploy hook", removed)
+        except Exception as error:  # pylint: disable=broad-except
+            logger.debug("certbot-email left the lineage's PKCS#12 bundle alone: %s", error)
+        original(config, certname)
+    storage.delete_files = _mark(delete_files)
+
+
+# ---- certbot's lineage naming, for our prepare() -----------------------------------------
+
+def new_lineage_name(config: Any) -> Optional[str]:
+    """The name certbot would save a *new* lineage under for this run's ``-d`` names.
+
+    ``None`` when it would renew, expand or duplicate an existing lineage instead, when there
+    is nothing to save (``--dry-run``, ``--csr``), or when this certbot cannot tell.
+    """
+    import os
+    names = list(getattr(config, "domains", None) or ())
+    if not names or getattr(config, "dry_run", False) or getattr(config, "csr", None):
+        return None
+    name = getattr(config, "certname", None)
+    if not name:
+        if getattr(config, "duplicate", False):
+            return None
+        try:
+            from certbot._internal import cert_manager
+            sans = [*names, *(getattr(config, "ip_addresses", None) or ())]
+            if any(cert_manager.find_duplicative_certs(config, sans)):
+                return None
+        except Exception as error:  # pylint: disable=broad-except
+            logger.debug("certbot-email cannot look up certbot's lineages: %s", error)
+            return None
+        name = str(names[0]).removeprefix("*.")
+    if os.path.exists(os.path.join(config.renewal_configs_dir, f"{name}.conf")):
+        return None
+    return name
+
+
 #: The hook table, in installation order.
 HOOKS: dict[str, Callable[[], None]] = {
     "H0 enforce_domain_sanity": _install_name_sanity,
@@ -224,6 +328,12 @@ HOOKS: dict[str, Callable[[], None]] = {
     "H3 make_csr": _install_make_csr,
     "H4 get_identifiers_from_x509": _install_get_identifiers,
     "H5 NewOrder": _install_new_order,
+}
+#: Hooks that only make mistakes easier to mend: one that cannot be installed costs a hint or a
+#: tidy-up, never the plugins, so its failure is logged and not held against this certbot.
+COURTESY_HOOKS: dict[str, Callable[[], None]] = {
+    "H5b newOrder refusal hint": _install_new_order_hint,
+    "H6 delete_files": _install_delete_files,
 }
 
 
@@ -238,6 +348,11 @@ def install() -> None:
             installer()
         except Exception as error:  # pylint: disable=broad-except
             _failures[name] = f"{type(error).__name__}: {error}"
+            logger.debug("certbot-email could not install hook %s: %s", name, error)
+    for name, installer in COURTESY_HOOKS.items():
+        try:
+            installer()
+        except Exception as error:  # pylint: disable=broad-except
             logger.debug("certbot-email could not install hook %s: %s", name, error)
 
 

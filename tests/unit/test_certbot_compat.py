@@ -1,5 +1,6 @@
 """The hooks that carry mailboxes through stock certbot, and that they leave DNS names alone."""
 import datetime
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,7 +9,8 @@ import pytest
 from acme import crypto_util as acme_crypto_util
 from acme import messages
 from certbot import errors
-from certbot._internal import san
+from certbot._internal import san, storage
+from certbot.tests import util as certbot_test_util
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -181,3 +183,64 @@ def test_a_hook_that_raises_while_installing_does_not_break_the_import():
         print(certbot_compat.unsupported_reason())
     """)
     assert "RuntimeError: boom" in out
+
+
+# ---- courtesy hooks: a hint for CAs without email identifiers, delete removes our bundle ----
+
+def _client_refusing_orders(code):
+    """An acme ClientV2 whose CA answers every newOrder with the ACME error ``code``."""
+    from acme import client as acme_client
+    refusing = acme_client.ClientV2.__new__(acme_client.ClientV2)
+    refusing.directory = {"newOrder": "https://ca.example/new-order"}
+
+    def post(*_args, **_kwargs):
+        raise messages.Error.with_code(code, detail="Order includes unknown identifier type email")
+    refusing._post = post
+    return refusing
+
+
+@pytest.mark.parametrize("code", ["malformed", "unsupportedIdentifier"])
+def test_a_refused_mailbox_order_says_what_it_means_and_what_to_do(code):
+    csr_pem = acme_crypto_util.make_csr(KEY_PEM, ["alice@example.test"])
+    with pytest.raises(errors.Error) as raised:
+        _client_refusing_orders(code).new_order(csr_pem)
+    message = str(raised.value)
+    assert message.startswith("The CA refused the order for alice@example.test: Order includes "
+                              "unknown identifier type email. This CA does not issue "
+                              "certificates for email addresses")
+    assert "--server DIRECTORY-URL" in message and "Which CA issues certificates" in message
+    assert isinstance(raised.value.__cause__, messages.Error)
+
+
+@pytest.mark.parametrize("names, code", [(["mail.example.test"], "malformed"),
+                                         (["alice@example.test"], "rateLimited")])
+def test_other_order_refusals_pass_through_unchanged(names, code):
+    with pytest.raises(messages.Error) as raised:
+        _client_refusing_orders(code).new_order(acme_crypto_util.make_csr(KEY_PEM, names))
+    assert raised.value.code == code
+
+
+class TestDeleteRemovesTheBundle(certbot_test_util.ConfigTestCase):
+    """``certbot delete`` (certbot's own delete_files) with our hook installed."""
+
+    def lineage(self, renew_hook):
+        import configobj
+        conf_path = certbot_test_util.make_lineage(self.config.config_dir, "sample-renewal.conf")
+        conf = configobj.ConfigObj(conf_path, encoding="utf-8")
+        if renew_hook:
+            conf["renewalparams"]["renew_hook"] = renew_hook
+        conf.write()
+        live = os.path.join(self.config.config_dir, "live", "sample-renewal")
+        with open(os.path.join(live, "bundle.p12"), "wb") as bundle:
+            bundle.write(b"key inside")
+        return live
+
+    def test_the_bundle_goes_with_the_lineage_and_so_does_its_live_directory(self):
+        live = self.lineage("/opt/certbot/bin/certbot-email-pkcs12 --password-file /etc/pw")
+        storage.delete_files(self.config, "sample-renewal")
+        assert not os.path.exists(live)
+
+    def test_a_bundle_our_hook_did_not_make_is_left_alone(self):
+        live = self.lineage("")
+        storage.delete_files(self.config, "sample-renewal")
+        assert os.listdir(live) == ["bundle.p12"]
