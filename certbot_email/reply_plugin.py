@@ -11,7 +11,7 @@ from certbot import achallenges, errors, interfaces
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_email import certbot_compat
+from certbot_email import certbot_compat, preflight
 from certbot_email.protocol import identifiers
 from certbot_email.protocol.challenges import EmailReply00
 
@@ -81,7 +81,8 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
                  "considered (the CA may be quicker than certbot).")
 
     def prepare(self) -> None:
-        """Refuse on a certbot whose internals our hooks do not fit; check the options."""
+        """Refuse on a certbot whose internals our hooks do not fit; check the options, names,
+        CA and mail accounts, so that a mistake stops the run before the CA sends a mail."""
         certbot_compat.require_support()
         if getattr(self.config, "allow_subset_of_names", False):
             raise errors.MisconfigurationError(
@@ -109,6 +110,10 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
             except ValueError as error:
                 raise errors.MisconfigurationError(
                     f"--{self.option_name('dkim-dns-server')}: {error}") from None
+        preflight.check_request(self.config, self.name, for_mailboxes=True)
+        if not self.conf("manual"):
+            preflight.check_mail_accounts(self.config, self.conf("credentials"),
+                                          f"--{self.option_name('credentials')}")
 
     def more_info(self) -> str:
         """Shown by ``certbot plugins``."""

@@ -15,7 +15,7 @@ from certbot import achallenges, configuration, errors
 from certbot.display import util as display_util
 from certbot.plugins import dns_common
 
-from certbot_email import certbot_compat
+from certbot_email import certbot_compat, preflight
 from certbot_email.protocol import csr
 from certbot_email.protocol.challenges import SERVICE_PORTS, DNSEmail00, DNSEmail00Response
 
@@ -162,6 +162,7 @@ class Authenticator(dns_common.DNSAuthenticator):
     def prepare(self) -> None:
         """Check the options, and ask for SRVName SANs before certbot makes the CSR."""
         certbot_compat.require_support()
+        preflight.check_request(self.config, self.name, for_mailboxes=False)
         self._scopes = parse_scopes(self.conf("service"), self.conf("port"), self.conf("arrays"))
         if self.conf("srv-names"):
             if not self._scopes:

@@ -17,7 +17,7 @@ from acme import challenges
 from certbot import achallenges, errors, interfaces
 from certbot.plugins import common
 
-from certbot_email import certbot_compat
+from certbot_email import certbot_compat, preflight
 from certbot_email.protocol import csr
 from certbot_email.protocol.challenges import (
     IMPLICIT_TLS_SERVICES,
@@ -206,6 +206,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
     def prepare(self) -> None:
         """Check the options, repair an interrupted run, ask for SRVNames before the CSR."""
         certbot_compat.require_support()
+        preflight.check_request(self.config, self.name, for_mailboxes=False)
         service = (self.conf("service") or "").strip().lower()
         if service not in PROTOCOL_OF_SERVICE:
             raise errors.MisconfigurationError(

@@ -241,12 +241,21 @@ def test_srv_names_requested_for_the_hosts(make_plugin):
     assert list(certbot_compat.csr_profile.srv_names) == [("imap", HOST), ("imaps", HOST)]
 
 
-def test_srv_names_skip_wildcards_ips_and_mailboxes(tmp_path, monkeypatch):
+def test_srv_names_skip_wildcards_and_ips(tmp_path, monkeypatch):
     monkeypatch.setattr(certbot_compat, "csr_profile", certbot_compat.CsrProfile())
     config = make_config(write_credentials(tmp_path), service="imaps", srv_names=True)
-    config.domains = [HOST, f"*.{HOST}", "192.0.2.1", "alice@example.test"]
+    config.domains = [HOST, f"*.{HOST}", "192.0.2.1"]
     plugin.Authenticator(config, "email-dns").prepare()
     assert list(certbot_compat.csr_profile.srv_names) == [("imaps", HOST)]
+
+
+def test_a_mailbox_is_refused_naming_the_authenticator_for_it(tmp_path):
+    config = make_config(write_credentials(tmp_path))
+    config.domains = [HOST, "alice@example.test"]
+    with pytest.raises(errors.MisconfigurationError,
+                       match="certifies host names .* but alice@example.test is an email "
+                             "address.* with -a email-reply"):
+        plugin.Authenticator(config, "email-dns").prepare()
 
 
 def test_srv_names_need_a_service(make_plugin):
