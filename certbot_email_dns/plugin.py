@@ -270,14 +270,23 @@ class Authenticator(dns_common.DNSAuthenticator):
             for record in published:
                 by_zone.setdefault(record.zone, []).append((record.name, record.value))
         check_servers = self.conf("check-servers")
+        port = self.conf("nameserver-port")
+        if check_servers:
+            hint = (f"Check the servers and ports in --email-dns-check-servers "
+                    f"{check_servers!r}.")
+        else:
+            hint = (f"The servers come from the zone's NS records, asked on port {port}: if "
+                    f"they listen on another port, give it with --email-dns-nameserver-port; "
+                    f"to check other servers (a hidden primary, split horizon), list them with "
+                    f"--email-dns-check-servers HOST[:PORT],...")
         for zone, pairs in by_zone.items():
             servers = (parse_servers(check_servers, "check-servers") if check_servers else
-                       propagation.zone_nameservers(self._client, zone,
-                                                    self.conf("nameserver-port")))
+                       propagation.zone_nameservers(self._client, zone, port))
             display_util.notify(f"Waiting for {len(servers)} nameserver(s) of {zone} to serve "
                                 f"{len(pairs)} record(s)")
             propagation.wait_until_served(servers, pairs, self.conf("propagation-timeout"),
-                                          exchange=self._client.exchange)
+                                          exchange=self._client.exchange,
+                                          unreachable_hint=hint)
 
     def _setup_credentials(self) -> None:
         """Read the credentials INI (permission-checked) and build the update client."""

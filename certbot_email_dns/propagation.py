@@ -29,10 +29,18 @@ MAX_POLL_INTERVAL = 2.0
 #: IPv4-only host): such an address is skipped with a warning instead of failing the wait.
 UNROUTABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL,
                         errno.EAFNOSUPPORT})
+DID_NOT_ANSWER = "did not answer"
+#: A nameserver that refuses every connection this long is not restarting: nothing listens
+#: there, and waiting out the whole timeout would only delay the same error.
+REFUSED_SECONDS = 3.0
 
 
 class PropagationTimeoutError(RFC2136Error):
     """Some authoritative server still did not serve a record when the time was up."""
+
+
+class NameserverRefusedError(RFC2136Error):
+    """A nameserver to be checked refuses connections: the address or port is wrong."""
 
 
 def zone_nameservers(client: RFC2136Client, zone: dns.name.Name, port: int) -> list[Endpoint]:
@@ -88,11 +96,17 @@ def served_txt(server: Endpoint, name: str, exchange: Exchange = tcp_exchange,
 def wait_until_served(servers: Sequence[Endpoint], records: Sequence[tuple[str, str]],
                       timeout: float, exchange: Exchange = tcp_exchange,
                       clock: Callable[[], float] = time.monotonic,
-                      sleep: Callable[[float], None] = time.sleep) -> None:
-    """Poll each server until it serves every (name, value); the error names the laggards."""
+                      sleep: Callable[[float], None] = time.sleep,
+                      unreachable_hint: str = "") -> None:
+    """Poll each server until it serves every (name, value); the error names the laggards.
+
+    ``unreachable_hint`` is what to change when a server does not answer at all (where the
+    servers came from: the zone's NS records, or a list the user gave).
+    """
     deadline = clock() + timeout
     pending = {(server, name, value) for server in servers for name, value in records}
     last_seen: dict[tuple[Endpoint, str], str] = {}
+    refused_since: dict[Endpoint, float] = {}
     interval = FIRST_POLL_INTERVAL
     while True:
         for server, name in sorted({(server, name) for server, name, _ in pending},
@@ -106,16 +120,25 @@ def wait_until_served(servers: Sequence[Endpoint], records: Sequence[tuple[str, 
                                    server, error)
                     pending = {entry for entry in pending if entry[0] != server}
                     continue
-                last_seen[(server, name)] = f"did not answer ({error})"
+                if error.errno == errno.ECONNREFUSED and \
+                        clock() - refused_since.setdefault(server, clock()) >= REFUSED_SECONDS:
+                    raise NameserverRefusedError(
+                        f"nameserver {server} refused every connection for "
+                        f"{REFUSED_SECONDS:g} s: nothing serves DNS at that address and port. "
+                        f"{unreachable_hint}".strip()) from None
+                last_seen[(server, name)] = f"{DID_NOT_ANSWER} ({error})"
                 continue
             except dns.exception.DNSException as error:
-                last_seen[(server, name)] = f"did not answer ({error or type(error).__name__})"
+                last_seen[(server, name)] = \
+                    f"{DID_NOT_ANSWER} ({error or type(error).__name__})"
                 continue
+            refused_since.pop(server, None)
             pending -= {(server, name, value) for value in values}
         if not pending:
             return
         if clock() >= deadline:
-            raise PropagationTimeoutError(_lagging_message(pending, last_seen, timeout))
+            raise PropagationTimeoutError(_lagging_message(pending, last_seen, timeout,
+                                                           unreachable_hint))
         logger.info("Not yet served by %s", ", ".join(sorted({str(server)
                                                             for server, _, _ in pending})))
         sleep(min(interval, max(deadline - clock(), 0)))
@@ -123,10 +146,19 @@ def wait_until_served(servers: Sequence[Endpoint], records: Sequence[tuple[str, 
 
 
 def _lagging_message(pending: set[tuple[Endpoint, str, str]],
-                     last_seen: dict[tuple[Endpoint, str], str], timeout: float) -> str:
-    """One sentence per missing (server, name, value), with what the server answered last."""
+                     last_seen: dict[tuple[Endpoint, str], str], timeout: float,
+                     unreachable_hint: str) -> str:
+    """One sentence per missing (server, name, value), with what the server answered last,
+    and the advice that fits: a server that answers without the record lags behind the
+    primary; one that never answers is the wrong server."""
+    seen = {(server, name): last_seen.get((server, name), "was not asked")
+            for server, name, _ in pending}
     lines = [f"nameserver {server} still lacks TXT {value!r} at {name} after {timeout:g} s "
-             f"(it {last_seen.get((server, name), 'was not asked')})"
-             for server, name, value in sorted(pending, key=str)]
-    return ("; ".join(lines) + ". Check that the zone's secondaries get NOTIFY and zone "
-            "transfers from the primary, or raise --email-dns-propagation-timeout.")
+             f"(it {seen[(server, name)]})" for server, name, value in sorted(pending, key=str)]
+    advice = []
+    if any(not text.startswith(DID_NOT_ANSWER) for text in seen.values()):
+        advice.append("Check that the zone's secondaries get NOTIFY and zone transfers from "
+                      "the primary, or raise --email-dns-propagation-timeout.")
+    if unreachable_hint and any(text.startswith(DID_NOT_ANSWER) for text in seen.values()):
+        advice.append(unreachable_hint)
+    return "; ".join(lines) + "." + "".join(f" {text}" for text in advice)

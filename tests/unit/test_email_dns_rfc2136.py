@@ -341,3 +341,45 @@ def test_wait_keeps_waiting_for_a_refused_connection():
 def test_tsig_secret_never_shows_in_a_repr():
     key = rfc2136.TSIGKey("acme-key.", "c2VjcmV0LXRzaWcta2V5")
     assert "acme-key." in repr(key) and "c2VjcmV0" not in repr(key)
+
+
+def test_wait_gives_up_soon_on_a_server_that_refuses_every_connection():
+    clock = Clock()
+
+    def exchange(message, server, timeout):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    with pytest.raises(propagation.NameserverRefusedError) as raised:
+        propagation.wait_until_served([PRIMARY], [(NAME, "v")], timeout=120, exchange=exchange,
+                                      clock=lambda: clock.now, sleep=clock.sleep,
+                                      unreachable_hint="Try --email-dns-nameserver-port.")
+    assert str(raised.value) == (
+        "nameserver ns1.example.test. (192.0.2.1:53) refused every connection for 3 s: nothing "
+        "serves DNS at that address and port. Try --email-dns-nameserver-port.")
+    assert propagation.REFUSED_SECONDS <= clock.now < propagation.REFUSED_SECONDS + \
+        propagation.MAX_POLL_INTERVAL
+
+
+def test_wait_rides_out_a_server_that_refuses_only_while_it_restarts():
+    primary = FakeServer(zones={"example.test."}, records={(NAME, "TXT"): {'"v"'}})
+    clock = Clock()
+
+    def exchange(message, server, timeout):
+        if clock.now < propagation.REFUSED_SECONDS - 1:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        return primary.exchange(message, server, timeout)
+    propagation.wait_until_served([PRIMARY], [(NAME, "v")], timeout=120, exchange=exchange,
+                                  clock=lambda: clock.now, sleep=clock.sleep)
+
+
+def test_a_server_that_never_answers_gets_the_where_advice_not_notify():
+    clock = Clock()
+
+    def exchange(message, server, timeout):
+        raise dns.exception.Timeout()
+    with pytest.raises(propagation.PropagationTimeoutError) as raised:
+        propagation.wait_until_served([PRIMARY], [(NAME, "v")], timeout=1, exchange=exchange,
+                                      clock=lambda: clock.now, sleep=clock.sleep,
+                                      unreachable_hint="Check --email-dns-check-servers.")
+    assert str(raised.value).endswith("(it did not answer (The DNS operation timed out.)). "
+                                      "Check --email-dns-check-servers.")
+    assert "NOTIFY" not in str(raised.value)
