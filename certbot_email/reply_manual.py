@@ -22,6 +22,9 @@ from certbot_email.protocol.reply_mail import reply_instructions
 
 logger = logging.getLogger(__name__)
 
+#: How saved mails are usually named; a Subject ("ACME: <base64url>") never ends like this.
+MAIL_FILE_SUFFIXES = (".eml", ".msg", ".txt", ".mbox")
+
 
 def answer_by_hand(achall: achallenges.AnnotatedChallenge, judge: ChallengeMailJudge,
                    joining: keyauth.TokenJoining) -> ChallengeMail:
@@ -35,14 +38,19 @@ def answer_by_hand(achall: achallenges.AnnotatedChallenge, judge: ChallengeMailJ
         code, answer = display_util.input_text(prompt, force_interactive=True)
         if code != display_util.OK:
             raise errors.PluginError(f"No challenge mail was given for {expected.identifier}")
+        answer = answer.strip()
+        if looks_like_path(answer) and not os.path.exists(os.path.expanduser(answer)):
+            display_util.notify(f"There is no file {answer!r}. Check the path of the saved "
+                                f"mail, or paste the mail's Subject instead.")
+            continue
         try:
-            mail = _challenge(answer.strip(), expected, judge)
+            mail = _challenge(answer, expected, judge)
             break
         except MailRejectedError as rejection:
             display_util.notify(f"That mail is not answered: {rejection} "
                                 f"[{rejection.rule.name}]. Give another one.")
         except OSError as error:
-            display_util.notify(f"Cannot read {answer.strip()!r}: {error}")
+            display_util.notify(f"Cannot read {answer!r}: {error}")
     judge.mark_answered(mail)
     digest = achall.chall.validation(achall.account_key, token_part1=mail.token_part1,
                                      joining=joining)
@@ -53,11 +61,18 @@ def answer_by_hand(achall: achallenges.AnnotatedChallenge, judge: ChallengeMailJ
     return mail
 
 
+def looks_like_path(answer: str) -> bool:
+    """A file name, not a Subject: token-part1 is base64url, so a Subject has no ``/``."""
+    return not answer.upper().startswith("ACME:") and (
+        os.sep in answer or answer.startswith("~") or answer.lower().endswith(MAIL_FILE_SUFFIXES))
+
+
 def _challenge(answer: str, expected: ExpectedChallenge,
                judge: ChallengeMailJudge) -> ChallengeMail:
     """Judge a saved mail file, or take a pasted Subject on the user's word."""
-    if os.path.isfile(answer):
-        with open(answer, "rb") as file:
+    path = os.path.expanduser(answer)
+    if looks_like_path(answer) or os.path.isfile(path):
+        with open(path, "rb") as file:
             return judge.judge(file.read())
     mail = challenge_from_subject(answer, expected)
     logger.warning("Pasted Subject for %s: From, To, Auto-Submitted and DKIM were not checked; "

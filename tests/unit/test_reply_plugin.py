@@ -493,6 +493,18 @@ class TestManual(PluginCase):
         assert "DKIM were not checked" in self.caplog.text
         assert f"Subject: Re: ACME: {TOKEN1}" in self.shown()
 
+    def test_a_mistyped_path_is_said_not_to_exist_and_not_read_as_a_subject(self) -> None:
+        typo = os.path.join(self.tempdir, "no-such-dir", "challenge.eml")
+        self.answers(typo, "challenge-typo.eml", self.saved(sign(self.keys, mail())))
+        with self.caplog.at_level(logging.WARNING):
+            self.plugin.perform([achall(ALICE)])
+        shown = self.shown()
+        assert f"There is no file {typo!r}. Check the path" in shown
+        assert "There is no file 'challenge-typo.eml'" in shown
+        assert "SUBJECT_NOT_CHALLENGE" not in shown and "DKIM were not checked" not in \
+            self.caplog.text
+        assert f"Subject: Re: ACME: {TOKEN1}" in shown
+
     def test_cancel_fails_naming_the_address(self) -> None:
         self.display.input.side_effect = [(display_util.CANCEL, "")]
         with pytest.raises(errors.PluginError, match=f"No challenge mail was given for {ALICE}"):
