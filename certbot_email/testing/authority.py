@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable, Optional
 
 import josepy as jose
+from cryptography.hazmat.primitives import serialization
 
 from certbot_email.protocol import challenges as email_challenges
 from certbot_email.protocol import identifiers as mail_ids
@@ -25,10 +26,12 @@ from certbot_email.testing.model import (
     PENDING,
     PROCESSING,
     READY,
+    REVOCATION_REASONS,
     VALID,
     Account,
     Authorization,
     Challenge,
+    IssuedCertificate,
     Order,
     Store,
     now,
@@ -426,6 +429,9 @@ class TestCA:
         with self.store.lock:
             cert_id = random_token(9)
             self.store.certificates[cert_id] = chain
+            self.store.issued[cert.public_bytes(serialization.Encoding.DER)] = IssuedCertificate(
+                cert.serial_number, order.account_id, list(order.identifiers),
+                _public_key_der(cert.public_key()))
             order.cert_id = cert_id
             order.status = VALID
         self.decide(f"order {order.ident} VALID: issued "
@@ -444,3 +450,57 @@ class TestCA:
         if owner != request.account.ident:
             raise problems.unauthorized("this certificate belongs to another account")
         return chain
+
+    # -- revocation -----------------------------------------------------------------------
+
+    def revoke(self, request: SignedRequest) -> None:
+        """revokeCert (RFC 8555 §7.6), signed by the issuing account, by an account holding
+        valid authorizations for every identifier in the certificate, or by the certificate's
+        own key (jwk); refusals are ``unauthorized``, ``alreadyRevoked`` or
+        ``badRevocationReason``."""
+        payload = request.json()
+        text, reason = payload.get("certificate"), payload.get("reason", 0)
+        if not isinstance(text, str):
+            raise problems.malformed("revokeCert needs a certificate field")
+        if type(reason) is not int or reason not in REVOCATION_REASONS:
+            raise problems.AcmeProblemError(
+                "badRevocationReason", f"reason must be one of {sorted(REVOCATION_REASONS)} "
+                "(RFC 5280 CRLReason)")
+        try:
+            der = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raise problems.malformed("certificate is not base64url DER") from None
+        with self.store.lock:
+            issued = self.store.issued.get(der)
+        if issued is None:
+            raise problems.not_found("this CA did not issue that certificate")
+        by = self._revoker(request, issued)
+        with self.store.lock:
+            if issued.revoked_reason is not None:
+                raise problems.AcmeProblemError("alreadyRevoked",
+                                                "the certificate is already revoked")
+            issued.revoked_reason = reason
+        self.decide(f"certificate {issued.serial:x} REVOKED (reason {reason}) by {by}")
+
+    def _revoker(self, request: SignedRequest, issued: IssuedCertificate) -> str:
+        """Who may revoke: named for the decision log, or ``unauthorized``."""
+        if request.account is None:
+            if _public_key_der(request.key.public_key().key) != issued.public_key:
+                raise problems.unauthorized("the JWS key is not the certificate's key")
+            return "the certificate's key"
+        if request.account.ident == issued.account_id:
+            return f"account {request.account.ident}, which ordered it"
+        with self.store.lock:
+            authorized = {(authz.identifier["type"], authz.identifier["value"])
+                          for authz in self.store.authzs.values()
+                          if authz.account_id == request.account.ident and authz.status == VALID}
+        if all((i["type"], i["value"]) in authorized for i in issued.identifiers):
+            return f"account {request.account.ident}, authorized for every identifier"
+        raise problems.unauthorized("this account neither ordered the certificate nor holds "
+                                    "authorizations for all its identifiers")
+
+
+def _public_key_der(key: Any) -> bytes:
+    """SubjectPublicKeyInfo DER, to compare keys across josepy and cryptography objects."""
+    return bytes(key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo))

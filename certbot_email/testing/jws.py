@@ -57,8 +57,9 @@ def _parse(body: bytes) -> tuple[acme_jws.JWS, acme_jws.Header]:
 
 
 def verify_request(body: bytes, url: str, store: Store, account_prefix: str,
-                   new_account: bool = False) -> SignedRequest:
-    """Check signature, algorithm, nonce, URL and key (jwk for newAccount, kid afterwards)."""
+                   new_account: bool = False, key_or_account: bool = False) -> SignedRequest:
+    """Check signature, algorithm, nonce, URL and key: jwk for newAccount, kid afterwards,
+    and either for revokeCert (``key_or_account``: the certificate's key may sign it)."""
     signed, header = _parse(body)
     if header.alg is None or header.alg.name not in ALLOWED_ALGS:
         raise problems.AcmeProblemError("badSignatureAlgorithm",
@@ -70,7 +71,9 @@ def verify_request(body: bytes, url: str, store: Store, account_prefix: str,
     if (header.jwk is None) == (header.kid is None):
         raise problems.malformed("exactly one of jwk and kid must be in the protected header")
     account: Optional[Account] = None
-    if new_account:
+    if key_or_account and header.jwk is not None:
+        key = header.jwk
+    elif new_account:
         if header.jwk is None:
             raise problems.malformed("newAccount must be signed with jwk, not kid")
         key = header.jwk

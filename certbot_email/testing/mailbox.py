@@ -32,12 +32,28 @@ class MailboxReader:
             self._thread.join()
 
     def _run(self) -> None:
+        """Poll until stopped; an outage is logged once when it starts and once when it ends
+        (tracebacks only at debug level), however many polls fail in between."""
+        down = False
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except Exception:  # noqa: BLE001 - keep polling through server restarts
-                logger.warning("polling the CA mailbox failed", exc_info=True)
+            except Exception as error:  # noqa: BLE001 - keep polling through server restarts
+                if not down:
+                    logger.warning("Cannot read the CA mailbox %s (%s: %s); retrying every %g s "
+                                   "without logging each failure", self.describe(),
+                                   type(error).__name__, error, self.settings.poll_seconds)
+                logger.debug("polling the CA mailbox failed", exc_info=True)
+                down = True
+            else:
+                if down:
+                    logger.warning("The CA mailbox %s can be read again", self.describe())
+                down = False
             self._stop.wait(self.settings.poll_seconds)
+
+    def describe(self) -> str:
+        """``user@host:port`` of the CA's mailbox, for log lines."""
+        return f"{self.settings.imap_user}@{self.settings.imap_host}:{self.settings.imap_port}"
 
     def _connect(self) -> imapclient.IMAPClient:
         """Log in to the CA mailbox (TLS without verification: a loopback test server)."""

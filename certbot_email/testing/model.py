@@ -106,6 +106,22 @@ class Order:
     error: Optional[dict[str, Any]] = None
 
 
+#: RFC 5280 §5.3.1 CRLReason codes a client may give (7 is unused).
+REVOCATION_REASONS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
+
+
+@dataclasses.dataclass
+class IssuedCertificate:
+    """A certificate this CA signed, kept for revocation (RFC 8555 §7.6)."""
+
+    serial: int
+    account_id: str
+    identifiers: list[dict[str, str]]
+    #: SubjectPublicKeyInfo DER: a revocation signed with this key needs no account.
+    public_key: bytes
+    revoked_reason: Optional[int] = None
+
+
 class Store:
     """All objects of one CA run, behind one lock; ids are random so URLs cannot be guessed."""
 
@@ -118,6 +134,8 @@ class Store:
         self.authzs: dict[str, Authorization] = {}
         self.challenges: dict[str, Challenge] = {}
         self.certificates: dict[str, str] = {}
+        #: By the certificate's DER, as revokeCert names it.
+        self.issued: dict[bytes, IssuedCertificate] = {}
         self.challenge_by_token_part1: dict[str, str] = {}
         self.used_token_part1: set[str] = set()
 

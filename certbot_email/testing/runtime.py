@@ -14,6 +14,9 @@ from certbot_email.testing.server import CAServer, RunningServer
 logger = logging.getLogger(__name__)
 SERVER_CERT_FILE, SERVER_KEY_FILE = "https-chain.pem", "https-key.pem"
 DKIM_RECORD_FILE = "dkim-record.txt"
+DKIM_RECORD_TTL = 300
+#: RFC 1035 §3.3: one <character-string> of a TXT record holds at most 255 bytes.
+TXT_STRING_BYTES = 255
 SMIME_CERT_FILE, SMIME_KEY_FILE = "smime-sender.pem", "smime-sender-key.pem"
 
 
@@ -70,6 +73,15 @@ def _smime_signer(authority: issuance.Authority, config: CAConfig) -> mailer.Smi
     return signer
 
 
+def txt_record_line(owner: str, value: str) -> str:
+    """``owner TTL IN TXT "..." "..."``: a zone-file line that nsupdate's ``update add`` takes
+    as it is, the value split into strings of at most 255 bytes (DKIM joins them, RFC 6376
+    §3.6.2.2). The value must be plain ASCII without quotes, as a DKIM key record is."""
+    strings = " ".join(f'"{value[start:start + TXT_STRING_BYTES]}"'
+                       for start in range(0, len(value), TXT_STRING_BYTES))
+    return f"{owner} {DKIM_RECORD_TTL} IN TXT {strings}\n"
+
+
 def require_loopback(config: CAConfig) -> None:
     """Refuse any server address that is not loopback: the test CA never leaves this host."""
     hosts = {"--listen-address": config.listen_address, "--dns-server": config.dns_server,
@@ -96,9 +108,8 @@ def launch(config: CAConfig) -> LaunchedCA:
                                  config.mail.local_hostname)
     key_pem = mailer.load_or_create_dkim_key(config.state_dir, config.mail.dkim_key)
     record = mailer.dkim_txt_record(key_pem)
-    (config.state_dir / DKIM_RECORD_FILE).write_text(
-        f"{config.mail.dkim_selector}._domainkey."
-        f"{config.mail.sender.rpartition('@')[2]}. TXT \"{record}\"\n")
+    owner = f"{config.mail.dkim_selector}._domainkey.{config.mail.sender.rpartition('@')[2]}."
+    (config.state_dir / DKIM_RECORD_FILE).write_text(txt_record_line(owner, record))
     outgoing = mailer.Mailer(config.mail, key_pem, _smime_signer(authority, config)
                              if config.mail.smime else None)
     ca = TestCA(config, Store(), authority, network, outgoing.send)

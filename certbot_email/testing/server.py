@@ -109,7 +109,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _directory(self) -> dict[str, Any]:
         base = self.base
         return {"newNonce": f"{base}/acme/new-nonce", "newAccount": f"{base}/acme/new-account",
-                "newOrder": f"{base}/acme/new-order",
+                "newOrder": f"{base}/acme/new-order", "revokeCert": f"{base}/acme/revoke-cert",
                 "meta": {"website": f"{base}/", "externalAccountRequired": False,
                          "extensionChallenges": list(EXTENSION_CHALLENGES),
                          "identifierTypes": ["dns", "email"],
@@ -137,6 +137,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             account, created = ca.new_account(request)
             return Reply(201 if created else 200, account.to_json(base),
                          {"Location": prefix + account.ident})
+        if path == "/acme/revoke-cert":
+            ca.revoke(jws.verify_request(body, url, ca.store, prefix, key_or_account=True))
+            return Reply(200, None)
         request = jws.verify_request(body, url, ca.store, prefix)
         if path == "/acme/new-order":
             order = ca.new_order(request)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dns.query
+import dns.rdata
 import dns.update
 
 from .lab import Lab
@@ -62,9 +63,10 @@ def remove_txt(lab: Lab, name: str) -> None:
 
 
 def _publish_dkim_record(lab: Lab, record_file: Path) -> None:
-    """Publish the record the CA wrote: ``<selector>._domainkey.<domain>. TXT "<value>"``."""
-    owner, _, quoted = record_file.read_text(encoding="utf-8").strip().partition(" TXT ")
-    publish_txt(lab, owner, quoted.strip('"'))
+    """Publish the record the CA wrote: ``<selector>._domainkey.<domain>. TTL IN TXT "..."``."""
+    owner, _ttl, _class, _type, strings = record_file.read_text(encoding="utf-8").split(None, 4)
+    rdata = dns.rdata.from_text("IN", "TXT", strings)
+    publish_txt(lab, owner, b"".join(rdata.strings).decode("ascii"))  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -64,3 +64,16 @@ def test_loopback_servers_are_accepted():
     args = cli.build_parser().parse_args(["--dns-server", "127.0.0.1", "--smtp-host",
                                           "localhost", "--imap-host", "::1"])
     runtime.require_loopback(cli.config_from_args(args))
+
+
+def test_the_dkim_record_is_split_into_255_byte_strings_nsupdate_and_zones_take(tmp_path):
+    import dns.rdata
+
+    value = "v=DKIM1; k=rsa; p=" + "A" * 392  # a 2048-bit key's record: 410 characters
+    line = runtime.txt_record_line("testca._domainkey.example.test.", value)
+    owner, ttl, klass, rdtype, strings = line.split(None, 4)
+    assert (owner, ttl, klass, rdtype) == ("testca._domainkey.example.test.", "300", "IN", "TXT")
+    rdata = dns.rdata.from_text("IN", "TXT", strings)
+    assert [len(part) for part in rdata.strings] == [255, 155]
+    assert b"".join(rdata.strings).decode() == value
+    assert line.endswith('"\n') and line.count("\n") == 1

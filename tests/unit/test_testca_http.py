@@ -18,6 +18,7 @@ import requests
 from acme import errors as acme_errors
 from acme import jws as acme_jws
 from acme import messages
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -270,4 +271,70 @@ def test_signed_fuzzed_finalize_payloads_are_bad_csr_or_malformed(testca):
         assert problem_type(response) in {"badCSR", "malformed", "badPublicKey"}
 
     finalize_with()
+    assert still_serving(testca)
+
+
+# -- revokeCert (RFC 8555 §7.6) ----------------------------------------------------------
+
+def issued_certificate(testca):
+    """A fresh account's TLS certificate for HOST, with the key it was issued for."""
+    client, order = authorized_dns01_order(testca)
+    key = rawclient.new_key("rsa")  # RS256: what RawClient's ClientNetwork signs with
+    leaf_pem = client.finalize(order, rawclient.make_csr(key, (HOST,))).fullchain_pem.split(
+        "-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    return client, x509.load_pem_x509_certificate(leaf_pem.encode()), key
+
+
+def client_with_key(testca, key, register=True):
+    """A RawClient whose account key is ``key``: registered, or just signing with jwk."""
+    client = rawclient.RawClient(testca.directory_url, testca.root_path,
+                                 account_key=jose.JWKRSA(key=key))
+    if register:
+        client.register()
+    return client
+
+
+def revocations(testca):
+    return [decision for decision in testca.ca.decisions if "REVOKED" in decision]
+
+
+def test_the_ordering_account_revokes_and_a_second_revocation_is_refused(testca):
+    client, cert, _key = issued_certificate(testca)
+    client.acme.revoke(cert, 4)
+    assert revocations(testca) == [
+        f"certificate {cert.serial_number:x} REVOKED (reason 4) by account "
+        f"{client.acme.net.account.uri.rsplit('/', 1)[1]}, which ordered it"]
+    with pytest.raises(messages.Error) as raised:
+        client.acme.revoke(cert, 4)
+    assert raised.value.code == "alreadyRevoked"
+
+
+def test_the_certificate_key_revokes_without_any_account(testca):
+    _client, cert, key = issued_certificate(testca)
+    client_with_key(testca, key, register=False).acme.revoke(cert, 1)
+    assert revocations(testca) == [
+        f"certificate {cert.serial_number:x} REVOKED (reason 1) by the certificate's key"]
+
+
+def test_an_account_authorized_for_every_identifier_may_revoke(testca):
+    _client, cert, _key = issued_certificate(testca)
+    other, _order = authorized_dns01_order(testca)  # another account, also valid for HOST
+    other.acme.revoke(cert, 0)
+    assert "authorized for every identifier" in revocations(testca)[0]
+
+
+def test_strangers_and_bad_reasons_are_refused(testca):
+    _client, cert, _key = issued_certificate(testca)
+    stranger = rawclient.RawClient(testca.directory_url, testca.root_path)
+    stranger.register()
+    with pytest.raises(messages.Error) as raised:
+        stranger.acme.revoke(cert, 0)
+    assert raised.value.code == "unauthorized"
+    with pytest.raises(messages.Error) as raised:
+        client_with_key(testca, rawclient.new_key("rsa"), register=False).acme.revoke(cert, 0)
+    assert raised.value.code == "unauthorized"
+    with pytest.raises(messages.Error) as raised:
+        stranger.acme.revoke(cert, 7)
+    assert raised.value.code == "badRevocationReason"
+    assert revocations(testca) == []
     assert still_serving(testca)
