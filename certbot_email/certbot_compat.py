@@ -343,16 +343,12 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    for name, installer in HOOKS.items():
+    for name, installer in {**HOOKS, **COURTESY_HOOKS}.items():
         try:
             installer()
         except Exception as error:  # pylint: disable=broad-except
-            _failures[name] = f"{type(error).__name__}: {error}"
-            logger.debug("certbot-email could not install hook %s: %s", name, error)
-    for name, installer in COURTESY_HOOKS.items():
-        try:
-            installer()
-        except Exception as error:  # pylint: disable=broad-except
+            if name in HOOKS:
+                _failures[name] = f"{type(error).__name__}: {error}"
             logger.debug("certbot-email could not install hook %s: %s", name, error)
 
 

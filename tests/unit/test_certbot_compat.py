@@ -187,6 +187,20 @@ def test_a_hook_that_raises_while_installing_does_not_break_the_import():
 
 # ---- courtesy hooks: a hint for CAs without email identifiers, delete removes our bundle ----
 
+def test_a_courtesy_hook_that_cannot_be_installed_costs_only_itself():
+    out = _run_isolated("""
+        from certbot_email import certbot_compat
+        def explode():
+            raise RuntimeError("boom")
+        certbot_compat.COURTESY_HOOKS["H6 delete_files"] = explode
+        from certbot_email import reply_plugin
+        from certbot._internal import storage
+        print("REASON", certbot_compat.unsupported_reason())
+        print("DELETE HOOKED", getattr(storage.delete_files, "__certbot_email_hook__", False))
+    """)
+    assert "REASON None" in out and "DELETE HOOKED False" in out
+
+
 def _client_refusing_orders(code):
     """An acme ClientV2 whose CA answers every newOrder with the ACME error ``code``."""
     from acme import client as acme_client
