@@ -104,4 +104,9 @@ def test_email_reply_is_only_offered_for_mailboxes(lab, tmp_path):
     result = run_certbot(lab, tmp_path, "certonly", "-a", "email-reply",
                          "-d", "mail.example.test")
     assert result.returncode != 0
-    assert "does not support any combination of challenges" in result.stderr + result.stdout
+    # Refused in prepare(), before the order, with the authenticators that do fit (issue 13),
+    # instead of certbot's generic "does not support any combination of challenges".
+    assert "-a email-reply certifies email addresses (S/MIME, -d alice@example.com), but " \
+        "mail.example.test is a host name" in result.stderr + result.stdout
+    assert "-a email-dns, -a email-capability" in result.stderr + result.stdout
+    assert new_order_payloads(tmp_path) == []
