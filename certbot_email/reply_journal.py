@@ -1,9 +1,11 @@
-"""Which challenge mails were answered, remembered across runs: RFC 8823 forbids answering twice.
+"""Which challenge mails were answered or judged, remembered across runs.
 
-IMAP mailboxes also get a keyword on the mail itself, but POP3 has no flags, and a mailbox
-shared by several hosts or folders may be watched again; this file in certbot's work
-directory is the memory that works for all of them. It holds token-part1 values and
-Message-IDs of answered mails, never anything secret.
+RFC 8823 forbids answering twice, and a mail a run judged must not be judged afresh by the next
+one (a stale challenge would then make the new one ambiguous). IMAP mailboxes also get a keyword
+on an answered mail, but POP3 has no flags, and a mailbox shared by several hosts or folders may
+be watched again; this file in certbot's work directory is the memory that works for all of
+them. It holds token-part1 values and Message-IDs (``reply_registry`` says which), never
+anything secret.
 """
 import datetime
 import json
@@ -18,10 +20,12 @@ logger = logging.getLogger(__name__)
 JOURNAL_NAME = "email-reply-answered.json"
 #: Entries older than this are dropped: CAs expire challenges long before (CA/B: 24 hours).
 KEEP = datetime.timedelta(days=30)
+#: Most entries kept: a flood of mails must not grow the file without end (newest kept).
+MAX_ENTRIES = 10_000
 
 
 class AnsweredJournal:
-    """A small JSON file of answered-mail keys with the time they were answered."""
+    """A small JSON file of mail keys with the time they were recorded."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -38,6 +42,8 @@ class AnsweredJournal:
             entries = self._read()
             now = datetime.datetime.now(datetime.timezone.utc).isoformat()
             entries.update({key: now for key in keys})
+            if len(entries) > MAX_ENTRIES:
+                entries = dict(sorted(entries.items(), key=lambda item: item[1])[-MAX_ENTRIES:])
             directory = os.path.dirname(self.path) or "."
             os.makedirs(directory, mode=0o700, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=directory, prefix=".email-reply-")

@@ -12,18 +12,18 @@ import josepy as jose
 from certbot import achallenges, errors
 
 from certbot_email.protocol import keyauth
-from certbot_email.protocol.challenge_mail import (
-    MAX_MAIL_BYTES,
-    ChallengeMail,
-    ChallengeMailJudge,
-    ExpectedChallenge,
-    Relaxation,
-    answer_keys,
-)
+from certbot_email.protocol.challenge_mail import MAX_MAIL_BYTES, ExpectedChallenge, Relaxation
 from certbot_email.protocol.challenges import EmailReply00
 from certbot_email.reply_credentials import MailboxCredentials
 from certbot_email.reply_journal import AnsweredJournal
-from certbot_email.transport import MailboxSettings, TransportError, dkim_dns, smime
+from certbot_email.reply_registry import ChallengeMailJudge
+from certbot_email.transport import (
+    MailboxSettings,
+    TransportError,
+    dkim_dns,
+    show_protocol_traces,
+    smime,
+)
 from certbot_email.transport.mailbox import open_watcher
 from certbot_email.transport.responder import PendingAnswer, Responder
 
@@ -48,6 +48,8 @@ class FlowSettings:
     since: datetime.datetime
     #: Path of the AnsweredJournal, shared by every run on the host.
     journal: str
+    #: Let imapclient's and dkimpy's protocol traces into the log (certbot -vvv).
+    protocol_trace: bool = False
 
     @property
     def relaxations(self) -> frozenset[Relaxation]:
@@ -71,37 +73,42 @@ class _Digest:
                                          joining=self.joining)
 
 
-def make_judge(settings: FlowSettings) -> ChallengeMailJudge:
+def make_judge(settings: FlowSettings, journal: AnsweredJournal) -> ChallengeMailJudge:
     """A judge with the chosen relaxations (announced here), DKIM/S/MIME trust and memory."""
+    show_protocol_traces(settings.protocol_trace)
     for relaxation in sorted(settings.relaxations, key=lambda r: r.value):
         logger.warning("email-reply runs relaxed (%s): challenge mails are checked less than "
                        "RFC 8823 requires", relaxation.value)
     verifier = smime.openssl_verifier(settings.smime_ca_file) if settings.smime_ca_file else None
-    return ChallengeMailJudge(settings.relaxations,
-                              txt_lookup=dkim_dns.txt_lookup(settings.dkim_dns_server or None),
-                              answered=AnsweredJournal(settings.journal).load(),
-                              smime_verifier=verifier)
+    return ChallengeMailJudge(settings.relaxations, txt_lookup=dkim_key_lookup(settings),
+                              journal=journal, smime_verifier=verifier)
 
 
-def remember(settings: FlowSettings) -> Callable[[ChallengeMail], None]:
-    """What records an answered mail in the journal."""
-    journal = AnsweredJournal(settings.journal)
-    return lambda mail: journal.record(answer_keys(mail.token_part1, mail.message_id))
+def dkim_key_lookup(settings: FlowSettings) -> dkim_dns.TxtLookup:
+    """DKIM key lookups whose failures say which option fixes them."""
+    if settings.dkim_dns_server:
+        hint = (f"check that the name server given by --email-reply-dkim-dns-server "
+                f"({settings.dkim_dns_server}) answers for the CA's zone")
+    else:
+        hint = ("name a server that can see the CA's zone with "
+                "--email-reply-dkim-dns-server IP[:PORT]")
+    return dkim_dns.txt_lookup(settings.dkim_dns_server or None, hint=hint)
 
 
 def answer_by_hand(settings: FlowSettings,
                    achalls: list[achallenges.AnnotatedChallenge]) -> None:
     """Manual mode: each challenge mail comes from, and each reply goes out through, the user."""
     from certbot_email import reply_manual
-    judge, on_answered = make_judge(settings), remember(settings)
+    judge = make_judge(settings, AnsweredJournal(settings.journal))
     for achall in achalls:
-        on_answered(reply_manual.answer_by_hand(
-            achall, judge, keyauth.TokenJoining(settings.token_joining)))
+        reply_manual.answer_by_hand(achall, judge, keyauth.TokenJoining(settings.token_joining))
 
 
-def start_responders(settings: FlowSettings,
-                     achalls: list[achallenges.AnnotatedChallenge]) -> list[Responder]:
-    """Connect to each distinct mailbox and start answering; ``PluginError`` if one fails."""
+def start_responders(settings: FlowSettings, achalls: list[achallenges.AnnotatedChallenge],
+                     report: Callable[[str], None] = lambda line: None) -> list[Responder]:
+    """Connect to each distinct mailbox and start answering; ``PluginError`` if one fails.
+
+    ``report`` shows a person where each reply went (certbot's display, in the plugin)."""
     if not settings.credentials:
         raise errors.PluginError(
             "email-reply needs --email-reply-credentials PATH, an INI file with the IMAP and "
@@ -116,13 +123,13 @@ def start_responders(settings: FlowSettings,
         digest = _Digest(achall.chall, achall.account_key, joining)
         by_mailbox.setdefault(mailbox, []).append(PendingAnswer(expected, smtp, digest))
     deadline = time.monotonic() + settings.timeout_seconds
-    on_answered = remember(settings)  # one journal writer: its lock must cover every mailbox
+    journal = AnsweredJournal(settings.journal)  # one writer: its lock covers every mailbox
     responders: list[Responder] = []
     try:
         for mailbox, answers in by_mailbox.items():
             watcher = open_watcher(mailbox, settings.since, MAX_MAIL_BYTES, settings.poll_seconds)
-            responder = Responder(watcher, make_judge(settings), answers, deadline,
-                                  on_answered=on_answered)
+            responder = Responder(watcher, make_judge(settings, journal), answers, deadline,
+                                  report=report)
             responder.start()
             responders.append(responder)
     except TransportError as error:

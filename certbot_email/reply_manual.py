@@ -13,12 +13,12 @@ from certbot.display import util as display_util
 from certbot_email.protocol import keyauth
 from certbot_email.protocol.challenge_mail import (
     ChallengeMail,
-    ChallengeMailJudge,
     ExpectedChallenge,
     MailRejectedError,
     challenge_from_subject,
 )
 from certbot_email.protocol.reply_mail import reply_instructions
+from certbot_email.reply_registry import ChallengeMailJudge
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ def _challenge(answer: str, expected: ExpectedChallenge,
     path = os.path.expanduser(answer)
     if looks_like_path(answer) or os.path.isfile(path):
         with open(path, "rb") as file:
-            return judge.judge(file.read())
+            raw = file.read()
+        return judge.judge(raw, mail_id=raw)  # the same file again is the same mail
     mail = challenge_from_subject(answer, expected)
     logger.warning("Pasted Subject for %s: From, To, Auto-Submitted and DKIM were not checked; "
                    "you vouched that the mail came from %s. If the CA set a Reply-To, send the "

@@ -29,6 +29,8 @@ DEFAULT_POLL_SECONDS = 10
 DEFAULT_LOOKBACK_SECONDS = 120
 #: How often perform() says what it is still waiting for.
 PROGRESS_SECONDS = 10.0
+#: certbot -vvv lets the IMAP and DKIM protocol traces into the log; -vv does not.
+TRACE_VERBOSITY = 3
 
 
 class Authenticator(common.Plugin, interfaces.Authenticator):
@@ -60,8 +62,9 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
                  "From. Only for CAs that do not sign; anyone who can mail you could then get "
                  "a reply. Every use is logged as a warning.")
         add("allow-no-auto-submitted", action="store_true", default=False,
-            help="RELAXED: answer challenge mails without 'Auto-Submitted: auto-generated'. "
-                 "Every use is logged as a warning.")
+            help="RELAXED: answer challenge mails that have no Auto-Submitted header (one "
+                 "that says anything but 'auto-generated' is still refused). Every use is "
+                 "logged as a warning.")
         add("smime-ca-file", type=str, default=None, metavar="PATH",
             help="PEM file of the CAs trusted to S/MIME-sign challenge mails (RFC 8823 allows "
                  "S/MIME instead of DKIM); without it only DKIM proves a mail authentic.")
@@ -131,30 +134,56 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         if self.conf("manual"):
             reply_mailflow.answer_by_hand(self._settings(), achalls)
             return [achall.chall.response(achall.account_key) for achall in achalls]
-        self._responders += reply_mailflow.start_responders(self._settings(), achalls)
+        self._responders += reply_mailflow.start_responders(self._settings(), achalls,
+                                                            report=display_util.notify)
         started = time.monotonic()
         grace_end = started + min(self.conf("grace-seconds"), self.conf("timeout-seconds"))
         waiting = self._waiting()
         while waiting and time.monotonic() < grace_end:
             display_util.notify(
                 f"Waiting for the challenge mail for {', '.join(waiting)}, "
-                f"{time.monotonic() - started:.0f} s")
+                f"{time.monotonic() - started:.0f} s{self._refusals()}")
             pending = [r for r in self._responders if not r.done.is_set()]
             pending[0].done.wait(min(PROGRESS_SECONDS, max(0.0, grace_end - time.monotonic())))
             self._raise_failures()
             waiting = self._waiting()
         self._raise_failures()
+        unanswered = [identifier for r in self._responders for identifier in r.identifiers
+                      if identifier not in r.answered]
         if waiting:
             display_util.notify(
-                f"No challenge mail yet for {', '.join(waiting)}; asking the CA to proceed "
-                f"and still waiting in the background")
+                f"No challenge mail answered yet for {', '.join(waiting)}{self._refusals()}; "
+                f"asking the CA to proceed and still waiting in the background")
+        elif unanswered:
+            display_util.notify(
+                f"No challenge mail could be answered in time for {', '.join(unanswered)}"
+                f"{self._refusals()}; asking the CA to proceed")
+        else:
+            display_util.notify("Every challenge mail is answered; waiting for the CA to "
+                                "check the replies")
         return [achall.chall.response(achall.account_key) for achall in achalls]
 
     def cleanup(self, achalls: list[Any]) -> None:
-        """Stop the background watchers."""
+        """Stop the background watchers; say why a challenge failed after perform() returned."""
+        responders = self._responders
+        self._stop()
+        for identifier, why in _failures(responders).items():
+            logger.error("email-reply could not answer the challenge for %s: %s",
+                         identifier, why)
+
+    def _stop(self) -> None:
         for responder in self._responders:
             responder.stop()
         self._responders = []
+
+    def _refusals(self) -> str:
+        """``; N mails refused, the last: <why>`` once a mail that claimed to be a challenge
+        was refused, so that progress never reads as if no mail had come."""
+        refused = [r for r in self._responders if r.refused]
+        if not refused:
+            return ""
+        return (f"; {sum(r.refused for r in refused)} mail(s) refused so far, the last because "
+                f"{refused[-1].last_refusal}")
 
     def _waiting(self) -> list[str]:
         """Identifiers whose challenge mail has not been answered yet."""
@@ -163,10 +192,9 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
 
     def _raise_failures(self) -> None:
         """A reply that could not be sent, or a mailbox that broke, fails the run now."""
-        failures = {identifier: why for r in self._responders for identifier, why in
-                    r.failed.items()}
+        failures = _failures(self._responders)
         if failures:
-            self.cleanup([])
+            self._stop()
             raise errors.PluginError("; ".join(f"{identifier}: {why}"
                                                for identifier, why in failures.items()))
 
@@ -185,4 +213,16 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
             poll_seconds=self.conf("poll-seconds"),
             since=datetime.datetime.now(datetime.timezone.utc)
             - datetime.timedelta(seconds=self.conf("lookback-seconds")),
-            journal=os.path.join(self.config.work_dir, JOURNAL_NAME))
+            journal=os.path.join(self.config.work_dir, JOURNAL_NAME),
+            protocol_trace=_verbosity(self.config) >= TRACE_VERBOSITY)
+
+
+def _failures(responders: list["Responder"]) -> dict[str, str]:
+    """Identifier -> why its challenge could not be answered, over every mailbox."""
+    return {identifier: why for r in responders for identifier, why in r.failed.items()}
+
+
+def _verbosity(config: Any) -> int:
+    """How many -v certbot was given (``--verbose-level`` wins, as in certbot's own logging)."""
+    level = getattr(config, "verbose_level", None)
+    return int(level) if level is not None else int(getattr(config, "verbose_count", 0) or 0)

@@ -1,9 +1,9 @@
 """RFC 8823 rules that the client and the test CA both apply, as pure functions.
 
 The signed-header lists, the Subject's ``ACME:`` label and token-part1, the DKIM tags the RFC
-rules on (``d=``, ``h=``, ``l=``) and the response block. Each side decides how strict to be:
-the client refuses a Subject with a reply prefix and any ``l=``, the CA skips the prefix and
-refuses only an ``l=`` that leaves part of the body unsigned.
+rules on (``a=``, ``d=``, ``h=``, ``l=``) and the response block. Each side decides how strict
+to be: the client refuses a Subject with a reply prefix and any ``l=``, the CA skips the prefix
+and refuses only an ``l=`` that leaves part of the body unsigned.
 """
 import dataclasses
 import re
@@ -82,6 +82,8 @@ class DkimTags:
 
     domain: str
     selector: str
+    #: ``a=``, e.g. ``rsa-sha256``.
+    algorithm: str
     signed_headers: frozenset[str]
     body_length: Optional[str]
 
@@ -90,7 +92,7 @@ class DkimTags:
         """From dkimpy's parsed tag list (``dkim.util.parse_tag_value``)."""
         def text(tag: bytes) -> str:
             return fields.get(tag, b"").decode("ascii", "replace")
-        return cls(domain=text(b"d"), selector=text(b"s"),
+        return cls(domain=text(b"d"), selector=text(b"s"), algorithm=text(b"a"),
                    signed_headers=frozenset(name.strip().lower() for name in text(b"h").split(":")),
                    body_length=text(b"l") if b"l" in fields else None)
 

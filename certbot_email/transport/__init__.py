@@ -1,6 +1,8 @@
 """Transport layer: talking to mail and DNS servers. No certbot imports here."""
 import dataclasses
+import datetime
 import enum
+import logging
 import socket
 import ssl
 import threading
@@ -86,6 +88,10 @@ class IncomingMail:
 
     uid: Union[int, str]
     raw: bytes
+    #: How a person finds the mail: the mailbox and its UID or POP3 message number.
+    label: str = ""
+    #: IMAP INTERNALDATE, or when a POP3 poll first listed it.
+    arrived: Optional[datetime.datetime] = None
 
 
 class Interruptible:
@@ -101,3 +107,17 @@ class Interruptible:
     def _sleep(self, seconds: float) -> None:
         """Sleep, unless interrupted."""
         self._interrupted.wait(seconds)
+
+
+#: Loggers of the libraries' protocol traces: every IMAP line (mail bodies too), dkimpy's steps.
+TRACE_LOGGERS = {"imapclient": logging.WARNING, "dkimpy": logging.CRITICAL + 1}
+
+
+def show_protocol_traces(shown: bool) -> None:
+    """Let the libraries' traces through (certbot -vvv), or keep them out of console and log.
+
+    Off, imapclient keeps its warnings and dkimpy says nothing: each of its findings comes back
+    as the rule that refused the mail.
+    """
+    for name, quiet_level in TRACE_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if shown else quiet_level)

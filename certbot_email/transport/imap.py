@@ -16,6 +16,7 @@ from certbot_email.transport import (
     TransportError,
     tls_context,
 )
+from certbot_email.transport.mailbox import passed_over_as_too_large
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class ImapWatcher(Interruptible):
         super().__init__()
         self._client: Optional[IMAPClient] = None
         self._uidvalidity: Optional[int] = None
+        #: UIDs from this one on arrived after our first look: they are judged whatever
+        #: their INTERNALDATE says (the server's clock may lag ours).
+        self._first_new_uid: Optional[int] = None
         self._delivered: set[int] = set()
         self._backoff = 1.0
         self.reconnects = 0
@@ -77,6 +81,8 @@ class ImapWatcher(Interruptible):
         if uidvalidity != self._uidvalidity:
             self._delivered.clear()
             self._uidvalidity = uidvalidity
+            uidnext = selected.get(b"UIDNEXT")
+            self._first_new_uid = uidnext if isinstance(uidnext, int) else None
         self._client = client
         self._backoff = 1.0
 
@@ -127,30 +133,38 @@ class ImapWatcher(Interruptible):
             self._client.idle_done()
 
     def _fetch_new(self) -> list[IncomingMail]:
-        """Download the mails that arrived after ``since`` and were not handed out or answered."""
+        """Download the mails that arrived after ``since`` and were not handed out or answered.
+
+        A mail counts as handed out only once its bytes are here: a connection lost half-way
+        leaves it for the next call. INTERNALDATE has whole seconds, so ``since`` is too.
+        """
         assert self._client is not None
-        day_before = (self.since - datetime.timedelta(days=1)).date()
-        criteria = ["SINCE", day_before, "UNKEYWORD", ANSWERED_KEYWORD]
+        since = self.since.replace(microsecond=0)
+        criteria = ["SINCE", (since - datetime.timedelta(days=1)).date(),
+                    "UNKEYWORD", ANSWERED_KEYWORD]
         uids = [uid for uid in self._client.search(criteria) if uid not in self._delivered]
         if not uids:
             return []
-        wanted = []
-        for uid, data in self._client.fetch(uids, ["RFC822.SIZE", "INTERNALDATE"]).items():
-            self._delivered.add(uid)
+        wanted, passed_over, arrivals = [], [], {}
+        for uid, data in sorted(self._client.fetch(uids, ["RFC822.SIZE", "INTERNALDATE"]).items()):
             arrived = data.get(b"INTERNALDATE")
-            if isinstance(arrived, datetime.datetime) and arrived.tzinfo is not None \
-                    and arrived < self.since:
+            arrivals[uid] = arrived if isinstance(arrived, datetime.datetime) else None
+            new = self._first_new_uid is not None and uid >= self._first_new_uid
+            if not new and arrived is not None and arrived.tzinfo is not None and arrived < since:
+                passed_over.append(uid)
                 continue
             size = data.get(b"RFC822.SIZE", 0)
             if size > self.max_bytes:
-                logger.info("Ignoring message %s in %s: %d bytes is more than a challenge "
-                            "mail can be", uid, self.settings.describe(), size)
+                passed_over_as_too_large(f"{self.settings.describe()} UID {uid}", size)
+                passed_over.append(uid)
                 continue
             wanted.append(uid)
-        if not wanted:
-            return []
-        fetched = self._client.fetch(wanted, ["BODY.PEEK[]"])
-        return [IncomingMail(uid, fetched[uid][b"BODY[]"]) for uid in sorted(fetched)]
+        fetched = self._client.fetch(wanted, ["BODY.PEEK[]"]) if wanted else {}
+        self._delivered.update(passed_over + list(fetched))
+        return [IncomingMail(uid, fetched[uid][b"BODY[]"],
+                             label=f"{self.settings.describe()} UID {uid}",
+                             arrived=arrivals.get(uid))
+                for uid in sorted(fetched)]
 
 
 def _quietly_close(client: IMAPClient) -> None:

@@ -1,8 +1,12 @@
 """One interface over IMAP and POP3 mailbox watchers, and the choice between them."""
 import datetime
+import logging
 from typing import Protocol
 
+from certbot_email.protocol.challenge_mail import Rule
 from certbot_email.transport import IncomingMail, MailboxSettings, MailProtocol
+
+logger = logging.getLogger(__name__)
 
 
 class Watcher(Protocol):
@@ -35,3 +39,9 @@ def open_watcher(settings: MailboxSettings, since: datetime.datetime, max_bytes:
         return Pop3Watcher(settings, since, max_bytes, poll_seconds)
     from certbot_email.transport.imap import ImapWatcher
     return ImapWatcher(settings, since, max_bytes, poll_seconds)
+
+
+def passed_over_as_too_large(label: str, size: int) -> None:
+    """Say that a mail too large to be a challenge is left in the mailbox, never downloaded."""
+    logger.info("Not answering %s (%d bytes): %s [%s]", label, size, Rule.TOO_LARGE.value,
+                Rule.TOO_LARGE.name)

@@ -1,8 +1,10 @@
 """Watching a POP3 maildrop for new mail: one short session per poll (POP3 has no IDLE).
 
 A POP3 session sees the maildrop as it was at login, so every poll logs in afresh. Mails are
-told apart by UIDL. POP3 keeps no arrival time and no flags: the Date header stands in for
-the arrival time, and nothing is marked on the server (mails are never deleted).
+told apart by UIDL. POP3 keeps no arrival time and no flags: for the mails already there at the
+first login the Date header stands in for the arrival time, every mail listed later arrived
+while we watched and is judged whatever its Date says; nothing is marked on the server (mails
+are never deleted).
 """
 import datetime
 import email.parser
@@ -21,6 +23,7 @@ from certbot_email.transport import (
     TransportError,
     tls_context,
 )
+from certbot_email.transport.mailbox import passed_over_as_too_large
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +44,20 @@ class Pop3Watcher(Interruptible):
         self.max_bytes = max_bytes
         self.poll_seconds = poll_seconds
         self._delivered: set[str] = set()
+        #: UIDLs listed at the first login; None until then (every mail is then dated).
+        self._present_at_start: Optional[set[str]] = None
 
     def connect(self) -> None:
-        """Log in once to check the account; ``TransportError`` says which step failed."""
-        self._session().quit()
+        """Log in to check the account and note what is there already; ``TransportError``
+        says which step failed."""
+        session = self._session()
+        try:
+            self._present_at_start = {uid for _number, uid in _pairs(session.uidl()[1])}
+        except (OSError, poplib.error_proto) as error:
+            raise TransportError(f"POP3 {self.settings.describe()}: UIDL failed: {error}") \
+                from None
+        finally:
+            _quietly_quit(session)
 
     def next_mails(self, wait_seconds: float) -> list[IncomingMail]:
         """New mails since the last call; polls for up to ``wait_seconds`` when there are none."""
@@ -100,23 +113,45 @@ class Pop3Watcher(Interruptible):
             _quietly_quit(session)
 
     def _fetch_new(self, session: poplib.POP3) -> list[IncomingMail]:
-        """Download the mails not handed out yet, dated after ``since``, small enough."""
+        """Download the mails not handed out yet, small enough, dated after ``since`` if they
+        were there at the first login. A mail counts as handed out only once all of this
+        poll's mails are here: a session that breaks half-way loses none of them."""
+        since = self.since.replace(microsecond=0)  # Date has whole seconds
         sizes = dict(_pairs(session.list()[1]))
-        wanted = []
+        fetched, handled = [], []
         for number, uid in _pairs(session.uidl()[1]):
             if uid in self._delivered:
                 continue
-            self._delivered.add(uid)
             size = int(sizes.get(number, "0"))
             if size > self.max_bytes:
-                logger.info("Ignoring message %s in %s: %d bytes is more than a challenge "
-                            "mail can be", uid, self.settings.describe(), size)
+                passed_over_as_too_large(self._label(number, uid), size)
+                handled.append(uid)
                 continue
-            dated = _date(b"\r\n".join(session.top(int(number), 0)[1]))
-            if dated is not None and dated < self.since:
-                continue
-            wanted.append(IncomingMail(uid, b"\r\n".join(session.retr(int(number))[1]) + b"\r\n"))
-        return wanted
+            try:
+                if self._present_at_start is None or uid in self._present_at_start:
+                    dated = _date(b"\r\n".join(session.top(int(number), 0)[1]))
+                    if dated is not None and dated < since:
+                        handled.append(uid)
+                        continue
+                raw = b"\r\n".join(session.retr(int(number))[1]) + b"\r\n"
+            except poplib.error_proto as error:
+                # The server refused it, or poplib could not read it (a line over 2048 bytes):
+                # it is not judged, and the session, perhaps out of step now, ends here; the
+                # next poll goes on with the mails after it.
+                logger.warning("POP3 %s cannot be read, so it is not judged: %s",
+                               self._label(number, uid), error)
+                handled.append(uid)
+                break
+            fetched.append(IncomingMail(uid, raw, label=self._label(number, uid),
+                                        arrived=datetime.datetime.now(datetime.timezone.utc)))
+            handled.append(uid)
+        self._delivered.update(handled)
+        return fetched
+
+
+    def _label(self, number: str, uid: str) -> str:
+        """How the log names a message: the maildrop, its number in this session, its UIDL."""
+        return f"{self.settings.describe()} message {number} (UIDL {uid})"
 
 
 def _pairs(lines: list[bytes]) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import tempfile
 from cryptography import x509
 
 from certbot_email.protocol import csr
-from certbot_email.protocol.challenge_mail import SmimeSignature, SmimeVerifier
+from certbot_email.protocol.mail_authenticity import SmimeSignature, SmimeVerifier
 
 #: openssl gets this long to verify one mail.
 OPENSSL_TIMEOUT = 30.0

@@ -23,6 +23,7 @@ from acme import messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from certbot_email import reply_registry
 from certbot_email.protocol import challenge_mail as challenge_mail_rules
 from certbot_email.protocol import keyauth, rfc8823
 from certbot_email.testing import mailcheck, mailer, rawclient, runtime
@@ -153,7 +154,7 @@ def verify_challenge_signature(lab: Lab, testca: runtime.LaunchedCA, raw: bytes,
     if not smime:
         assert "d=example.test" in mailcheck.dkim_findings(
             raw, "example.test", rfc8823.CHALLENGE_SIGNED_HEADERS, lab.dns.dkimpy_dnsfunc)
-        client_judge = challenge_mail_rules.ChallengeMailJudge(
+        client_judge = reply_registry.ChallengeMailJudge(
             txt_lookup=lab.dns.dkimpy_dnsfunc)
         client_judge.expect(challenge_mail_rules.ExpectedChallenge(ALICE, CA_MAILBOX))
         judged = client_judge.judge(raw)

@@ -1,5 +1,6 @@
 """Challenge mails for tests: well-formed by default, DKIM-signed with keys made in the test."""
 import base64
+import subprocess
 from typing import Optional
 
 import dkim
@@ -24,24 +25,66 @@ def _pem(key: rsa.RSAPrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+#: Selectors under which ``Keys.add_variants`` publishes keys that break a rule.
+TEST_MODE = b"testing"      # t=y
+SMALL = b"small"            # a 768-bit RSA key
+REVOKED = b"revoked"        # p= empty
+DOWN = b"down"              # its lookup fails, as when the name server does not answer
+
+
+def record(key: rsa.RSAPrivateKey, extra: bytes = b"") -> bytes:
+    """The DKIM TXT record of ``key``."""
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return b"v=DKIM1; k=rsa; " + extra + b"p=" + base64.b64encode(public)
+
+
+def small_rsa_key() -> rsa.RSAPrivateKey:
+    """A 768-bit key, which ``cryptography`` will not make: the openssl CLI does."""
+    pem = subprocess.run(["openssl", "genrsa", "768"], capture_output=True, check=True).stdout
+    key = serialization.load_pem_private_key(pem, None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
 class Keys:
     """DKIM keys made for the test, published by a fake dnsfunc."""
 
     def __init__(self) -> None:
         self.private: dict[bytes, bytes] = {}
         self.records: dict[bytes, bytes] = {}
+        #: Names whose lookup fails (the name server is down), and how often one was asked.
+        self.failing: set[bytes] = set()
+        self.lookups: list[bytes] = []
         #: A key of nobody's: what a forger who does not hold the CA's key signs with.
         self.impostor = _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))
 
-    def add(self, domain: bytes) -> None:
+    def add(self, domain: bytes, selector: bytes = SELECTOR) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-        self.private[domain] = _pem(key)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        self.records[SELECTOR + b"._domainkey." + domain + b"."] = \
-            b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+        self.private[selector + b"/" + domain] = _pem(key)
+        self.records[self.name(domain, selector)] = record(key)
+
+    def add_variants(self, domain: bytes) -> None:
+        """Keys of ``domain`` that a rule refuses: test mode, too small, revoked, unreachable."""
+        for selector in (TEST_MODE, REVOKED, DOWN):
+            self.add(domain, selector)
+        self.records[self.name(domain, TEST_MODE)] = \
+            self.records[self.name(domain, TEST_MODE)].replace(b"k=rsa; ", b"k=rsa; t=y; ")
+        self.records[self.name(domain, REVOKED)] = b"v=DKIM1; k=rsa; p="
+        self.failing.add(self.name(domain, DOWN))
+        small = small_rsa_key()
+        self.private[SMALL + b"/" + domain] = _pem(small)
+        self.records[self.name(domain, SMALL)] = record(small)
+
+    @staticmethod
+    def name(domain: bytes, selector: bytes = SELECTOR) -> bytes:
+        return selector + b"._domainkey." + domain + b"."
 
     def lookup(self, name: bytes, timeout: float = 5) -> Optional[bytes]:
+        self.lookups.append(name)
+        if name in self.failing:
+            raise LookupError(f"TXT lookup of {name.decode()} at 192.0.2.53 port 53 failed: "
+                              f"The DNS operation timed out.")
         return self.records.get(name)
 
 
@@ -72,8 +115,11 @@ def mail(header_list: Optional[Headers] = None, body: str = "This is an ACME cha
 
 def sign(keys: Keys, raw: bytes, domain: bytes = b"example.org",
          include: Optional[list[bytes]] = None, length: bool = False,
-         private: Optional[bytes] = None) -> bytes:
+         private: Optional[bytes] = None, selector: bytes = SELECTOR,
+         algorithm: bytes = b"rsa-sha256") -> bytes:
     """``raw`` with a DKIM-Signature of ``domain`` prepended (by ``private`` if given)."""
-    signature = dkim.sign(raw, SELECTOR, domain, private or keys.private[domain],
-                          include_headers=include or SIGNED, length=length)
+    signature = dkim.sign(raw, selector, domain,
+                          private or keys.private[selector + b"/" + domain],
+                          include_headers=include or SIGNED, length=length,
+                          signature_algorithm=algorithm)
     return signature + raw

@@ -1,5 +1,6 @@
 """ImapWatcher over a fake IMAPClient: IDLE or polling, reconnects, size and age limits."""
 import datetime
+import logging
 from typing import Any, Optional
 
 import pytest
@@ -23,6 +24,7 @@ class FakeServer:
         self.flags: dict[int, set[bytes]] = {}
         self.log: list[str] = []
         self.drop_next_search = False
+        self.drop_next_body_fetch = False
         self.refuse_login = False
 
     def add(self, raw: bytes, arrived: datetime.datetime = NOW) -> int:
@@ -51,7 +53,7 @@ class FakeClient:
 
     def select_folder(self, folder: str) -> dict[bytes, Any]:
         self.server.log.append(f"select {folder}")
-        return {b"UIDVALIDITY": 7}
+        return {b"UIDVALIDITY": 7, b"UIDNEXT": len(self.server.messages) + 1}
 
     def has_capability(self, name: str) -> bool:
         return name == "IDLE" and self.server.idle
@@ -65,6 +67,9 @@ class FakeClient:
                 if ANSWERED_KEYWORD.encode() not in self.server.flags.get(uid, set())]
 
     def fetch(self, uids: list[int], items: list[str]) -> dict[int, dict[bytes, Any]]:
+        if "BODY.PEEK[]" in items and self.server.drop_next_body_fetch:
+            self.server.drop_next_body_fetch = False
+            raise imap_errors.IMAPClientAbortError("socket error: EOF")
         found = {}
         for uid in uids:
             arrived, raw = self.server.messages[uid]
@@ -128,11 +133,15 @@ def test_polls_when_the_server_lacks_idle(server: FakeServer) -> None:
     assert "idle" not in server.log
 
 
-def test_mails_older_than_since_and_huge_mails_are_skipped(server: FakeServer) -> None:
+def test_mails_older_than_since_and_huge_mails_are_skipped(
+        server: FakeServer, caplog: pytest.LogCaptureFixture) -> None:
     server.add(b"Subject: old\r\n\r\n", arrived=NOW - datetime.timedelta(minutes=5))
     server.add(b"Subject: huge\r\n\r\n" + b"x" * 2000)
     server.add(b"Subject: fine\r\n\r\n")
-    assert [mail.raw for mail in watcher().next_mails(0)] == [b"Subject: fine\r\n\r\n"]
+    with caplog.at_level(logging.INFO):
+        assert [mail.raw for mail in watcher().next_mails(0)] == [b"Subject: fine\r\n\r\n"]
+    assert f"Not answering {SETTINGS.describe()} UID 2 (2017 bytes)" in caplog.text
+    assert "[TOO_LARGE]" in caplog.text
 
 
 def test_answered_mails_are_flagged_and_never_handed_out_again(server: FakeServer) -> None:
@@ -164,3 +173,30 @@ def test_refused_login_names_the_user_not_the_password(server: FakeServer) -> No
     with pytest.raises(TransportError, match="login as 'alice'") as caught:
         watcher()
     assert "secret" not in str(caught.value)
+
+
+def test_a_mail_in_the_same_second_as_since_is_handed_out(server: FakeServer) -> None:
+    # INTERNALDATE has whole seconds: 12:00:00 may be 12:00:00.9, after since.
+    server.add(b"Subject: same second\r\n\r\n", arrived=NOW)
+    watch = watcher(since=NOW + datetime.timedelta(milliseconds=500))
+    assert [mail.raw for mail in watch.next_mails(0)] == [b"Subject: same second\r\n\r\n"]
+
+
+def test_a_mail_that_arrives_after_login_is_handed_out_whatever_its_date(
+        server: FakeServer) -> None:
+    server.add(b"Subject: before login\r\n\r\n", arrived=NOW - datetime.timedelta(minutes=5))
+    watch = watcher()
+    # The server's clock lags ours: its INTERNALDATE is before since, yet it came after login.
+    uid = server.add(b"Subject: after login\r\n\r\n", arrived=NOW - datetime.timedelta(minutes=5))
+    (mail,) = watch.next_mails(0)
+    assert (mail.uid, mail.raw) == (uid, b"Subject: after login\r\n\r\n")
+    assert mail.label == f"{SETTINGS.describe()} UID {uid}" and mail.arrived is not None
+
+
+def test_a_fetch_that_breaks_half_way_loses_no_mail(server: FakeServer) -> None:
+    watch = watcher()
+    server.add(b"Subject: fetched when the line broke\r\n\r\n")
+    server.drop_next_body_fetch = True
+    assert watch.next_mails(0) == []
+    assert [mail.raw for mail in watch.next_mails(0)] == \
+        [b"Subject: fetched when the line broke\r\n\r\n"]

@@ -29,6 +29,9 @@ class FakeMaildrop:
         self.messages: list[tuple[str, list[bytes]]] = []
         self.sessions = 0
         self.refuse_login = False
+        #: RETR of these UIDLs fails: "-ERR" (refused) or a dropped connection.
+        self.refuse_retr: set[str] = set()
+        self.drop_on_retr: set[str] = set()
 
 
 class FakePop3:
@@ -61,7 +64,13 @@ class FakePop3:
         return b"+OK", body[:body.index(b"")], 0
 
     def retr(self, number: int) -> Response:
-        return b"+OK", self.snapshot[number - 1][1], 0
+        uid, lines = self.snapshot[number - 1]
+        if uid in self.drop.refuse_retr:
+            raise poplib.error_proto(b"-ERR message is gone")
+        if uid in self.drop.drop_on_retr:
+            self.drop.drop_on_retr.discard(uid)
+            raise ConnectionResetError("connection reset by peer")
+        return b"+OK", lines, 0
 
     def quit(self) -> bytes:
         return b"+OK"
@@ -104,3 +113,30 @@ def test_refused_login_names_the_user_not_the_password(drop: FakeMaildrop) -> No
     with pytest.raises(TransportError, match="POP3 login as 'carol'") as caught:
         watcher()
     assert "secret" not in str(caught.value)
+
+
+def test_a_mail_listed_after_login_is_handed_out_whatever_its_date(drop: FakeMaildrop) -> None:
+    drop.messages.append(("there", message("there", "Sat, 28 Nov 2026 11:00:00 +0000")))
+    watch = watcher()
+    # Written by a sender whose clock is behind: its Date is before since, but it came later.
+    drop.messages.append(("later", message("later", "Sat, 28 Nov 2026 11:00:00 +0000")))
+    (mail,) = watch.next_mails(0)
+    assert mail.uid == "later" and mail.label.endswith("message 2 (UIDL later)")
+
+
+def test_a_session_that_breaks_half_way_loses_no_mail(drop: FakeMaildrop) -> None:
+    watch = watcher()
+    drop.messages += [("u1", message("one")), ("u2", message("two"))]
+    drop.drop_on_retr.add("u2")
+    assert watch.next_mails(0) == []
+    assert [mail.uid for mail in watch.next_mails(0)] == ["u1", "u2"]
+
+
+def test_a_message_that_cannot_be_read_is_skipped_and_the_next_poll_goes_on(
+        drop: FakeMaildrop, caplog: pytest.LogCaptureFixture) -> None:
+    watch = watcher()
+    drop.messages += [("bad", message("bad")), ("good", message("good"))]
+    drop.refuse_retr.add("bad")
+    assert watch.next_mails(0) == []  # the session, perhaps out of step, ends at the bad one
+    assert [mail.uid for mail in watch.next_mails(0)] == ["good"]
+    assert "message 1 (UIDL bad) cannot be read, so it is not judged" in caplog.text

@@ -43,3 +43,12 @@ def test_damaged_file_is_reported_and_replaced(tmp_path: Path, content: str,
     assert "may be answered again" in caplog.text
     AnsweredJournal(str(path)).record(["token-part1:x"])
     assert AnsweredJournal(str(path)).load() == {"token-part1:x"}
+
+
+def test_the_journal_keeps_only_the_newest_entries(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("certbot_email.reply_journal.MAX_ENTRIES", 3)
+    journal = AnsweredJournal(str(tmp_path / "journal.json"))
+    for key in ("a", "b", "c", "d"):
+        journal.record([f"token-part1:{key}"])
+    assert journal.load() == {"token-part1:b", "token-part1:c", "token-part1:d"}

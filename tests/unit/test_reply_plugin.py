@@ -249,6 +249,7 @@ class FakeWatcher:
         self.boxes = boxes
         self.settings = settings
         self.interrupted = False
+        self.handed_out = 0
 
     def connect(self) -> None:
         if self.settings.user in self.boxes.refuse_login:
@@ -260,7 +261,9 @@ class FakeWatcher:
             if not box and not self.interrupted:
                 self.boxes.arrived.wait(min(wait_seconds, 0.2))
             mails, box[:] = list(box), []
-        return [IncomingMail(uid, raw) for uid, raw in enumerate(mails)]
+        first, self.handed_out = self.handed_out + 1, self.handed_out + len(mails)
+        return [IncomingMail(uid, raw, label=f"{self.settings.describe()} UID {uid}")
+                for uid, raw in enumerate(mails, first)]
 
     def mark_answered(self, mail: IncomingMail) -> None:
         self.boxes.flagged.append(mail.raw)
@@ -285,7 +288,7 @@ def boxes(monkeypatch: pytest.MonkeyPatch, keys: Keys) -> FakeMailboxes:
     monkeypatch.setattr(reply_mailflow, "open_watcher", fake.watcher)
     monkeypatch.setattr(responder_module.smtp, "submit", fake.submit)
     monkeypatch.setattr(reply_mailflow.dkim_dns, "txt_lookup",
-                        lambda server: keys.lookup)
+                        lambda server, hint="": keys.lookup)
     return fake
 
 
@@ -351,7 +354,7 @@ class TestPerform(PluginCase):
         self.config.email_reply_grace_seconds = 0
         self.boxes.deliver("alice", challenge)  # POP3-like: the mailbox shows it again
         self.plugin = Authenticator(self.config, "email-reply")
-        with self._caplog.at_level(logging.WARNING):
+        with self._caplog.at_level(logging.INFO):
             self.plugin.perform([achall(ALICE)])
             self.boxes.deliver("alice", self.challenge(token1="C" * 43))
             self.plugin._responders[0].done.wait()
@@ -359,11 +362,14 @@ class TestPerform(PluginCase):
         assert [reply["Subject"] for reply in self.replies()] == \
             [f"Re: ACME: {TOKEN1}", f"Re: ACME: {'C' * 43}"]
 
-    def test_of_two_waiting_challenges_the_newest_is_answered(self) -> None:
-        self.boxes.deliver("alice", self.challenge(token1="S" * 43))  # from an earlier run
+    def test_of_two_different_passing_challenges_neither_is_answered(self) -> None:
+        self.boxes.deliver("alice", self.challenge(token1="S" * 43))  # the CA's, or not?
         self.boxes.deliver("alice", self.challenge())
-        self.plugin.perform([achall(ALICE)])
-        assert [reply["Subject"] for reply in self.replies()] == [f"Re: ACME: {TOKEN1}"]
+        with pytest.raises(errors.PluginError, match=f"{ALICE}: two challenge mails") as caught:
+            self.plugin.perform([achall(ALICE)])
+        assert "<SSSSSSSS@example.org>" in str(caught.value)
+        assert f"<{TOKEN1[:8]}@example.org>" in str(caught.value)
+        assert self.replies() == []
 
     def test_bytes_joining_changes_the_digest(self) -> None:
         self.config.email_reply_token_joining = "bytes"
@@ -443,6 +449,136 @@ class TestPerform(PluginCase):
     def _capture(self, caplog: pytest.LogCaptureFixture) -> None:
         self._caplog = caplog
 
+    def shown(self) -> str:
+        return " ".join(str(call) for call in self.display.return_value.mock_calls)
+
+    # ---- a stranger's mail never breaks the run -----------------------------------------------
+
+    def test_mails_that_break_parsers_are_refused_and_the_genuine_one_is_answered(self) -> None:
+        hostile = [
+            mail().replace(b"<alice@", b"<al\xffice@"),  # a raw 8-bit byte in the To local part
+            mail(extra=[("", "no name")]),  # dkimpy cannot parse this line
+            mail(headers(From=",".join(["a@b"] * 130_000)))[:262_000],
+            sign(self.keys, mail(headers(Subject="ACME: " + "Z" * 43)), algorithm=b"rsa-sha1"),
+            b"\x00" * 1000,
+        ]
+        with self._caplog.at_level(logging.INFO):
+            for raw in hostile:
+                self.boxes.deliver("alice", raw)
+            self.boxes.deliver("alice", self.challenge())
+            self.plugin.perform([achall(ALICE)])
+        (responder,) = self.plugin._responders
+        assert responder.failed == {} and ALICE in responder.answered
+        assert [reply["Subject"] for reply in self.replies()] == [f"Re: ACME: {TOKEN1}"]
+        refused = [record.getMessage() for record in self._caplog.records
+                   if record.getMessage().startswith("Not answering")]
+        assert len(refused) == len(hostile)
+        assert all("imap.example.com:993/INBOX UID" in line and "(Message-ID '" in line
+                   for line in refused)
+
+    def test_a_mail_refused_because_dns_failed_is_answered_once_dns_is_back(self) -> None:
+        self.config.email_reply_grace_seconds = 0
+        self.keys.failing.add(self.keys.name(b"example.org"))
+        self.boxes.deliver("alice", self.challenge())
+        self.plugin.perform([achall(ALICE)])
+        (responder,) = self.plugin._responders
+        while not responder.refused:
+            responder.done.wait(0.05)
+        assert "[DKIM_KEY_UNAVAILABLE]" in responder.last_refusal
+        assert self.boxes.sent == []
+        self.keys.failing.clear()  # the name server answers again
+        responder.done.wait()
+        assert ALICE in responder.answered and len(self.boxes.sent) == 1
+
+    # ---- logs and progress a person can follow ------------------------------------------------
+
+    def test_every_verdict_line_names_the_mail_and_escapes_what_it_quotes(self) -> None:
+        injected = sign(self.keys, mail(headers(
+            Subject="=?utf-8?q?ACME:_x=0D=0AFake:_line?=", Message_ID="<odd@example.org>")))
+        with self._caplog.at_level(logging.INFO):
+            self.boxes.deliver("alice", injected)
+            self.boxes.deliver("alice", self.challenge())
+            self.plugin.perform([achall(ALICE)])
+        (line,) = [record.getMessage() for record in self._caplog.records
+                   if record.getMessage().startswith("Not answering")]
+        assert line.startswith("Not answering alice@imap.example.com:993/INBOX UID 1 "
+                               "(Message-ID '<odd@example.org>', From 'ACME CA <acme-generator")
+        assert "[SUBJECT_CONTROL]" in line and "\r" not in line and "\\r\\n" in line
+
+    def test_after_the_answer_later_mails_are_no_longer_waited_for(self) -> None:
+        carol = "carol@example.com"  # no section of her own: the same mailbox as alice
+        self.config.email_reply_grace_seconds = 0
+        with self._caplog.at_level(logging.INFO):
+            self.boxes.deliver("alice", self.challenge())
+            self.plugin.perform([achall(ALICE), achall(carol, token2="x6I65YvEk6xC4KV0QMvdJw")])
+            (responder,) = self.plugin._responders
+            while ALICE not in responder.answered:
+                responder.done.wait(0.05)
+            self.boxes.deliver("alice", self.challenge(token1="L" * 43))  # alice's, once more
+            self.boxes.deliver("alice", self.challenge(to=carol, token1="C" * 43))
+            responder.done.wait()
+        assert "[NO_LONGER_WAITING]" in self._caplog.text
+        assert f"no longer waiting ({ALICE}: its challenge mail" in self._caplog.text
+        assert "To names no mailbox" not in self._caplog.text
+        assert sorted(reply["From"] for reply in self.replies()) == [ALICE, carol]
+
+    def test_where_the_reply_went_is_shown_on_the_console(self) -> None:
+        self.boxes.deliver("alice", self.challenge())
+        self.plugin.perform([achall(ALICE)])
+        assert f"Replied to the challenge mail for {ALICE}" in self.shown()
+        assert f"at {CA}" in self.shown()
+        assert "waiting for the CA to check the replies" in self.shown()
+
+    def test_progress_says_a_mail_came_and_why_it_was_refused(self) -> None:
+        self.config.email_reply_grace_seconds = 1
+        self.keys.failing.add(self.keys.name(b"example.org"))
+        self.boxes.deliver("alice", self.challenge())
+        self.plugin.perform([achall(ALICE)])
+        shown = self.shown()
+        assert f"No challenge mail answered yet for {ALICE}; 1 mail(s) refused so far" in shown
+        assert "the DKIM key could not be looked up" in shown and "192.0.2.53" in shown
+        assert "No challenge mail yet" not in shown
+
+    def test_a_wait_that_ran_out_within_the_grace_period_is_not_called_answered(self) -> None:
+        self.config.email_reply_timeout_seconds = 0
+        self.boxes.deliver("alice", mail())  # refused: unsigned
+        self.plugin.perform([achall(ALICE)])
+        assert f"No challenge mail could be answered in time for {ALICE}" in self.shown()
+        assert "Every challenge mail is answered" not in self.shown()
+
+    def test_a_challenge_given_up_after_perform_is_reported_at_cleanup(self) -> None:
+        self.config.email_reply_grace_seconds = 0
+        self.plugin.perform([achall(ALICE)])
+        (responder,) = self.plugin._responders
+        with self._caplog.at_level(logging.ERROR):
+            self.boxes.deliver("alice", self.challenge())
+            self.boxes.deliver("alice", self.challenge(token1="S" * 43))
+            responder.done.wait()
+            self.plugin.cleanup([])
+        assert f"could not answer the challenge for {ALICE}: two challenge mails" \
+            in self._caplog.text
+        assert self.boxes.sent == []
+
+    def traced(self, verbosity: int) -> bool:
+        """Whether a run at this many -v let dkimpy's lines into the log, and imapclient's."""
+        self.config.verbose_count = verbosity
+        with self._caplog.at_level(logging.DEBUG):
+            self.boxes.deliver("alice", sign(self.keys, mail(), private=self.keys.impostor))
+            self.boxes.deliver("alice", self.challenge(token1="T" * 43))
+            self.plugin.perform([achall(ALICE)])
+        dkimpy = bool([record for record in self._caplog.records if record.name == "dkimpy"])
+        assert dkimpy is (logging.getLogger("imapclient").level == logging.DEBUG)
+        return dkimpy
+
+    def test_no_protocol_traces_by_default(self) -> None:
+        assert not self.traced(0)
+
+    def test_no_protocol_traces_at_vv(self) -> None:
+        assert not self.traced(2)
+
+    def test_protocol_traces_at_vvv(self) -> None:
+        assert self.traced(3)
+
 
 class TestManual(PluginCase):
     """--email-reply-manual: the user gives the mail and sends the reply shown."""
@@ -504,6 +640,21 @@ class TestManual(PluginCase):
         assert "SUBJECT_NOT_CHALLENGE" not in shown and "DKIM were not checked" not in \
             self.caplog.text
         assert f"Subject: Re: ACME: {TOKEN1}" in shown
+
+    def test_the_same_file_again_after_a_dns_failure_is_judged_afresh(self) -> None:
+        path = self.saved(sign(self.keys, mail()))
+        self.keys.failing.add(self.keys.name(b"example.org"))
+        asked: list[str] = []
+
+        def answer(*_args: Any, **_kwargs: Any) -> tuple[str, str]:
+            asked.append(path)
+            if len(asked) == 2:
+                self.keys.failing.clear()  # the name server answers again
+            return display_util.OK, path
+        self.display.input.side_effect = answer
+        self.plugin.perform([achall(ALICE)])
+        assert "[DKIM_KEY_UNAVAILABLE]" in self.shown()
+        assert f"Subject: Re: ACME: {TOKEN1}" in self.shown() and len(asked) == 2
 
     def test_cancel_fails_naming_the_address(self) -> None:
         self.display.input.side_effect = [(display_util.CANCEL, "")]

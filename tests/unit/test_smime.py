@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certbot_email.protocol.challenge_mail import (
-    ChallengeMailJudge,
     ExpectedChallenge,
     MailRejectedError,
     Relaxation,
     Rule,
 )
+from certbot_email.reply_registry import ChallengeMailJudge
 from certbot_email.transport.smime import openssl_verifier
 from tests.unit.challenge_mails import ALICE, CA, TOKEN1, headers, mail
 
