@@ -52,8 +52,8 @@ class MailboxReader:
             self._stop.wait(self.settings.poll_seconds)
 
     def describe(self) -> str:
-        """``user@host:port`` of the CA's mailbox, for log lines."""
-        return f"{self.settings.imap_user}@{self.settings.imap_host}:{self.settings.imap_port}"
+        """``user on host:port`` of the CA's mailbox, for log lines."""
+        return f"{self.settings.imap_user} on {self.settings.imap_host}:{self.settings.imap_port}"
 
     def _connect(self) -> imapclient.IMAPClient:
         """Log in to the CA mailbox (TLS without verification: a loopback test server)."""

@@ -77,8 +77,8 @@ class MailboxSettings:
     timeout: float = 30.0
 
     def describe(self) -> str:
-        """``user@host:port/folder`` for messages, without the password."""
-        where = f"{self.user}@{self.host}:{self.port}"
+        """``user on host:port/folder`` for messages, without the password; users hold an ``@``."""
+        where = f"{self.user} on {self.host}:{self.port}"
         return f"{where}/{self.folder}" if self.protocol is MailProtocol.IMAP else where
 
 

@@ -393,7 +393,7 @@ def test_the_test_ca_logs_an_imap_outage_once_and_its_end_once(lab: Lab, tmp_pat
         finally:
             forwarder.stop()
     log = test_ca.log.read_text()
-    assert log.count("Cannot read the CA mailbox ca@example.test@127.0.0.1:") == 1
+    assert log.count("Cannot read the CA mailbox ca@example.test on 127.0.0.1:") == 1
     assert "ConnectionRefusedError" in log
     assert log.count("can be read again") == 1
     assert "Traceback" not in log

@@ -501,7 +501,7 @@ class TestPerform(PluginCase):
             self.plugin.perform([achall(ALICE)])
         (line,) = [record.getMessage() for record in self._caplog.records
                    if record.getMessage().startswith("Not answering")]
-        assert line.startswith("Not answering alice@imap.example.com:993/INBOX UID 1 "
+        assert line.startswith("Not answering alice on imap.example.com:993/INBOX UID 1 "
                                "(Message-ID '<odd@example.org>', From 'ACME CA <acme-generator")
         assert "[SUBJECT_CONTROL]" in line and "\r" not in line and "\\r\\n" in line
 

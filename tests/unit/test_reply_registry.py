@@ -45,7 +45,7 @@ def judge_for(keys: Keys, journal: AnsweredJournal | None = None) -> ChallengeMa
 
 
 def arrival(uid: int, raw: bytes) -> IncomingMail:
-    return IncomingMail(uid, raw, label=f"alice@imap.example.com:993/INBOX UID {uid}",
+    return IncomingMail(uid, raw, label=f"alice on imap.example.com:993/INBOX UID {uid}",
                         arrived=ARRIVED + datetime.timedelta(seconds=uid))
 
 

@@ -29,10 +29,10 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
         assert finished.wait(10)
         reader.stop()
     assert [record.getMessage() for record in caplog.records] == [
-        "Cannot read the CA mailbox ca@example.test@127.0.0.1:10993 (ConnectionRefusedError: "
+        "Cannot read the CA mailbox ca@example.test on 127.0.0.1:10993 (ConnectionRefusedError: "
         "[Errno 111] Connection refused); retrying every 0.001 s without logging each failure",
-        "The CA mailbox ca@example.test@127.0.0.1:10993 can be read again",
-        "Cannot read the CA mailbox ca@example.test@127.0.0.1:10993 (TimeoutError: timed out); "
+        "The CA mailbox ca@example.test on 127.0.0.1:10993 can be read again",
+        "Cannot read the CA mailbox ca@example.test on 127.0.0.1:10993 (TimeoutError: timed out); "
         "retrying every 0.001 s without logging each failure",
-        "The CA mailbox ca@example.test@127.0.0.1:10993 can be read again"]
+        "The CA mailbox ca@example.test on 127.0.0.1:10993 can be read again"]
     assert all(record.exc_info is None for record in caplog.records)
