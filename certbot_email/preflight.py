@@ -7,7 +7,7 @@ change; none of them talks to the CA.
 """
 import os
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from certbot import errors
 
@@ -107,7 +107,7 @@ def _leftovers(path: str) -> Optional[list[str]]:
 
 def check_mail_accounts(config: Any, credentials: Optional[str], option: str) -> None:
     """email-reply: the credentials file is there and complete for every address, and each
-    submission server takes its login, so that no challenge mail is sent in vain."""
+    mailbox and submission server takes its login, so that no challenge mail is sent in vain."""
     if not credentials:
         raise PrepareError(
             f"email-reply needs {option} PATH, an INI file naming the mailbox (IMAP or POP3) and "
@@ -122,18 +122,21 @@ def check_mail_accounts(config: Any, credentials: Optional[str], option: str) ->
             f"{option} {credentials}: this user cannot read it; run certbot as the file's "
             f"owner (normally root)")
     from certbot_email.reply_credentials import MailboxCredentials
-    from certbot_email.transport import TransportError, smtp
-    addresses_by_server: dict[smtp.SmtpSettings, list[str]] = {}
+    from certbot_email.transport import MailboxSettings, TransportError, mailbox, smtp
+    addresses_by_account: dict[Union[MailboxSettings, smtp.SmtpSettings], list[str]] = {}
     try:
         accounts = MailboxCredentials(credentials)
         for address in requested_names(config):
-            _mailbox, submission = accounts.for_address(address)
-            addresses_by_server.setdefault(submission, []).append(address)
+            for account in accounts.for_address(address):
+                addresses_by_account.setdefault(account, []).append(address)
     except errors.PluginError as error:
         raise PrepareError(str(error)) from None
-    for submission, addresses in addresses_by_server.items():
+    for account, addresses in addresses_by_account.items():
         try:
-            smtp.check_login(submission)
+            if isinstance(account, smtp.SmtpSettings):
+                smtp.check_login(account)
+            else:
+                mailbox.check_login(account)
         except TransportError as error:
             raise PrepareError(f"{error} (for {', '.join(addresses)}, from {credentials})"
                                ) from None

@@ -41,6 +41,18 @@ def open_watcher(settings: MailboxSettings, since: datetime.datetime, max_bytes:
     return ImapWatcher(settings, since, max_bytes, poll_seconds)
 
 
+def check_login(settings: MailboxSettings) -> None:
+    """Log in and open the folder (IMAP) or list the maildrop (POP3), fetching no mail: finds a
+    wrong port, TLS mode or password before a CA is asked for anything; ``TransportError``
+    says which."""
+    watcher = open_watcher(settings, datetime.datetime.now(datetime.timezone.utc), max_bytes=0,
+                           poll_seconds=0)
+    try:
+        watcher.connect()
+    finally:
+        watcher.close()
+
+
 def passed_over_as_too_large(label: str, size: int) -> None:
     """Say that a mail too large to be a challenge is left in the mailbox, never downloaded."""
     logger.info("Not answering %s (%d bytes): %s [%s]", label, size, Rule.TOO_LARGE.value,

@@ -144,6 +144,8 @@ def test_a_malformed_address_stops_at_the_command_line(
                     "a [alice@example.test] section"),
     ("wrong password", "refused the login as 'alice@example.test' (535); check the SMTP user "
                        "and password"),
+    ("wrong mailbox password", "IMAP login as 'alice@example.test' at 127.0.0.1 was refused; "
+                               "check the user and password"),
 ])
 def test_a_credentials_mistake_stops_before_the_ca_sends_a_mail(
         lab: Lab, tmp_path: Path, test_ca: RunningTestCA, mistake: str, complaint: str) -> None:
@@ -157,8 +159,13 @@ def test_a_credentials_mistake_stops_before_the_ca_sends_a_mail(
         text = credentials.read_text()
         credentials.write_text("".join(line + "\n" for line in text.splitlines()
                                        if not line.startswith("imap_password")))
-    else:
+    elif mistake == "wrong password":
         credentials.write_text(credentials.read_text() + "smtp_password = not-her-password\n")
+    else:
+        wrong = "imap_password = not-her-password"
+        credentials.write_text("".join(
+            (wrong if line.startswith("imap_password") else line) + "\n"
+            for line in credentials.read_text().splitlines()))
     message = refused(certbot(tmp_path, "certonly", "--server", test_ca.directory_url,
                               *email_reply(lab, credentials), "-d", ALICE, ca_root=test_ca.root))
     assert complaint in message

@@ -6,7 +6,7 @@ from certbot._internal import san
 from certbot.tests import util as certbot_test_util
 
 from certbot_email import preflight
-from certbot_email.transport import TransportError, smtp
+from certbot_email.transport import MailboxSettings, TransportError, mailbox, smtp
 from tests.unit.test_reply_plugin import PluginCase, write_private
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -25,15 +25,23 @@ class PreflightCase(PluginCase):
         self.config.certname = None
         self.config.csr = None
         self.logins: list[smtp.SmtpSettings] = []
+        self.mailbox_logins: list[MailboxSettings] = []
         self.login_error: Exception | None = None
+        self.mailbox_login_error: Exception | None = None
         patcher = pytest.MonkeyPatch()
         patcher.setattr(smtp, "check_login", self._check_login)
+        patcher.setattr(mailbox, "check_login", self._check_mailbox_login)
         self.addCleanup(patcher.undo)
 
     def _check_login(self, settings: smtp.SmtpSettings) -> None:
         self.logins.append(settings)
         if self.login_error is not None:
             raise self.login_error
+
+    def _check_mailbox_login(self, settings: MailboxSettings) -> None:
+        self.mailbox_logins.append(settings)
+        if self.mailbox_login_error is not None:
+            raise self.mailbox_login_error
 
     def request(self, *names: str) -> None:
         self.config.domains = [san.DNSName(name) for name in names]
@@ -108,6 +116,21 @@ class TestMailAccounts(PreflightCase):
         assert sorted((s.host, s.user) for s in self.logins) == [
             ("imap.example.com", "alice"), ("smtp.example.com", "bob")]
 
+    def test_each_mailbox_is_logged_in_to_once(self) -> None:
+        self.request(ALICE, BOB, "carol@example.com")
+        self.plugin.prepare()
+        # carol has no section, so she shares the top-level mailbox with alice.
+        assert sorted((m.host, m.user) for m in self.mailbox_logins) == [
+            ("imap.example.com", "alice"), ("imap.example.com", "bob")]
+
+    def test_a_refused_mailbox_login_is_found_before_the_order(self) -> None:
+        self.mailbox_login_error = TransportError("IMAP login as 'bob' at imap.example.com was "
+                                                  "refused; check the user and password")
+        self.request(BOB)
+        message = self.refusal()
+        assert message.startswith("IMAP login as 'bob' at imap.example.com was refused")
+        assert message.endswith(f"(for {BOB}, from {self.credentials})")
+
     def test_a_refused_login_names_the_addresses_and_the_file(self) -> None:
         self.login_error = TransportError("SMTP submission server smtp.example.com:587 "
                                           "refused the login as 'bob' (535)")
@@ -121,7 +144,7 @@ class TestMailAccounts(PreflightCase):
         self.config.noninteractive_mode = False
         self.request(ALICE)
         self.plugin.prepare()
-        assert self.logins == []
+        assert self.logins == [] and self.mailbox_logins == []
 
 
 class TestLeftoverLineage(PreflightCase):
