@@ -29,6 +29,15 @@ def imap_capability_value(current: str, atoms: Sequence[str]) -> str:
     return " ".join([current, *atoms])
 
 
+def capability_atoms(effective: str) -> set[str]:
+    """The atoms of imap_capability as ``doveconf -h`` prints it: ``+A B`` (2.3, or a 2.4
+    string, which replaces any list read before it) or 2.4's list, one ``"A" = yes`` a line."""
+    entries = [line.partition(" = ") for line in effective.splitlines()]
+    if entries and all(sep for _, sep, _ in entries):
+        return {key.strip().strip('"') for key, _, value in entries if value.strip() == "yes"}
+    return set(effective.lstrip("+").split())
+
+
 def imap_snippet(version: tuple[int, ...], current: str, values: Sequence[str]) -> str:
     """The snippet advertising ``ACME=<v>`` for every value, inside ``protocol imap``."""
     atoms = [imap_capability(value) for value in values]
@@ -109,12 +118,11 @@ class DovecotImap(DovecotSnippet):
     def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
         """Record, write the snippet, check the value in force, reload."""
         version, current = self.daemon.version(), self.imap_capability()
-        boollist = dovecot.setting_names(version).capability_boollist
         atoms = [imap_capability(value) for value in values]
 
         def check_effective() -> None:
             effective = self.imap_capability()
-            if not boollist and not set(atoms) <= set(effective.lstrip("+").split()):
+            if not set(atoms) <= capability_atoms(effective):
                 raise errors.PluginError(
                     f"{self.path} sets imap_capability, but Dovecot still uses "
                     f"{effective or 'the default'}: a `protocol imap "
