@@ -64,6 +64,19 @@ def _ca_certificate(subject: x509.Name, key: IssuerKey, issuer: x509.Name, signe
             .sign(signer, hashes.SHA256()))
 
 
+def _require_key_identifiers(intermediate: x509.Certificate, path: Path) -> None:
+    """Refuse a CA made before its certificates carried an Authority Key Identifier: Python
+    3.13 (and certbot on it) would reject every chain it serves or issues."""
+    try:
+        intermediate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        raise ValueError(f"{path} has no Authority Key Identifier, so strict verifiers (Python "
+                         f"3.13's default) refuse it and every chain it signs: remove "
+                         f"{ROOT_FILE}, {ROOT_KEY_FILE}, {INTERMEDIATE_FILE} and "
+                         f"{INTERMEDIATE_KEY_FILE} from {path.parent} to make a new test CA, "
+                         "then trust its new root") from None
+
+
 def _write_pem(path: Path, data: bytes, private: bool = False) -> None:
     """Write PEM data; private keys are readable by the owner only."""
     path.write_bytes(data)
@@ -88,6 +101,7 @@ class Authority:
             self._create(state_dir)
         self.root = x509.load_pem_x509_certificate(root_path.read_bytes())
         self.intermediate = x509.load_pem_x509_certificate(inter_path.read_bytes())
+        _require_key_identifiers(self.intermediate, inter_path)
         key = serialization.load_pem_private_key(
             (state_dir / INTERMEDIATE_KEY_FILE).read_bytes(), None)
         assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from certbot_email.testing import issuance, rawclient, runtime
 from certbot_email.testing.config import CAConfig
@@ -112,3 +112,23 @@ def test_lab_ca_certificates_pass_strict_verification(tmp_path):
     assert ("DNS", "mail.example.test") in peer["subjectAltName"]
     assert lab_ca.client_context().verify_flags & ssl.VERIFY_X509_STRICT
     openssl_verify(lab_ca.ca_file, cert_file.read_text(), "sslserver", tmp_path)
+
+
+def test_state_dir_from_before_key_identifiers_is_refused_with_what_to_do(tmp_path):
+    issuance.Authority(tmp_path, 1)
+    root_key = serialization.load_pem_private_key(
+        (tmp_path / issuance.ROOT_KEY_FILE).read_bytes(), None)
+    old = x509.load_pem_x509_certificate((tmp_path / issuance.INTERMEDIATE_FILE).read_bytes())
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer)
+               .public_key(old.public_key()).serial_number(old.serial_number)
+               .not_valid_before(old.not_valid_before_utc)
+               .not_valid_after(old.not_valid_after_utc))
+    for extension in old.extensions:
+        if not isinstance(extension.value, x509.AuthorityKeyIdentifier):
+            builder = builder.add_extension(extension.value, extension.critical)
+    without_aki = builder.sign(root_key, hashes.SHA256())
+    (tmp_path / issuance.INTERMEDIATE_FILE).write_bytes(
+        without_aki.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(ValueError, match="no Authority Key Identifier.*remove root.pem, "
+                                         "root-key.pem, intermediate.pem and"):
+        issuance.Authority(tmp_path, 1)
