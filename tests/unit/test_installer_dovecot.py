@@ -249,3 +249,24 @@ def test_each_listener_is_also_verified_per_local_name():
              if listener.service == "imap-login/imaps"]
     assert found == [("imap-login/imaps", None, (PAIR,)),
                      ("imap-login/imaps", "imap.example.test", (RSA,))]
+
+
+def test_config_takes_services_with_defaults_from_the_named_query(monkeypatch):
+    # 2.4's plain doveconf: only what differs from the defaults, so no standard listeners
+    plain = ("protocols {\n  imap = yes\n}\nservice lmtp {\n  inet_listener lmtp {\n"
+             "    port = 24\n  }\n}\nlocal_name imap.example.test {\n  ssl_server {\n"
+             "    cert_file = /l/imap.pem\n  }\n}\n")
+    answers = {(): plain, ("listen", "protocols", "ssl", "service"): DOVECONF_24}
+    calls = []
+
+    def doveconf(argv):
+        calls.append(argv)
+        assert argv[:3] == ["doveconf", "-c", "/etc/dovecot/dovecot.conf"]
+        return answers[tuple(argv[3:])]
+    monkeypatch.setattr(dovecot.commands, "run", doveconf)
+    config = dovecot.Dovecot("/etc/dovecot/dovecot.conf").config()
+    assert [(block.kind, block.name) for block in config.blocks] == [
+        ("local_name", "imap.example.test"), ("protocols", ""), ("service", "imap-login"),
+        ("service", "pop3-login")]
+    assert config.settings["listen"] == "* ::"
+    assert len(calls) == 2
