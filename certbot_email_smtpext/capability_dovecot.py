@@ -17,8 +17,6 @@ from certbot_email_smtpext import dovecot
 from certbot_email_smtpext.capability_state import ValidationState
 
 SNIPPET_NAME = "certbot-email-capability.conf"
-#: Dovecot 2.4 made imap_capability a boolean list (``"ATOM" = yes``).
-BOOLLIST_SINCE = (2, 4)
 _HEADER = "# Written by certbot-email (email-capability) for one validation; removed after it.\n"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -31,10 +29,19 @@ def imap_capability_value(current: str, atoms: Sequence[str]) -> str:
     return " ".join([current, *atoms])
 
 
+def capability_atoms(effective: str) -> set[str]:
+    """The atoms of imap_capability as ``doveconf -h`` prints it: ``+A B`` (2.3, or a 2.4
+    string, which replaces any list read before it) or 2.4's list, one ``"A" = yes`` a line."""
+    entries = [line.partition(" = ") for line in effective.splitlines()]
+    if entries and all(sep for _, sep, _ in entries):
+        return {key.strip().strip('"') for key, _, value in entries if value.strip() == "yes"}
+    return set(effective.lstrip("+").split())
+
+
 def imap_snippet(version: tuple[int, ...], current: str, values: Sequence[str]) -> str:
     """The snippet advertising ``ACME=<v>`` for every value, inside ``protocol imap``."""
     atoms = [imap_capability(value) for value in values]
-    if version >= BOOLLIST_SINCE:
+    if dovecot.setting_names(version).capability_boollist:
         entries = "".join(f'    "{atom}" = yes\n' for atom in atoms)
         body = f"  imap_capability {{\n{entries}  }}\n"
     else:
@@ -72,7 +79,7 @@ class DovecotSnippet:
 
     def listener_port(self, service: str, listener: str) -> Optional[int]:
         """The port of ``service``'s inet_listener ``listener`` in force, if it exists."""
-        for block in dovecot.parse_config(self.daemon.doveconf()).blocks:
+        for block in self.daemon.config().blocks:
             if block.kind == "service" and block.name == service:
                 for inner in block.blocks:
                     if inner.kind == "inet_listener" and inner.name == listener:
@@ -115,7 +122,7 @@ class DovecotImap(DovecotSnippet):
 
         def check_effective() -> None:
             effective = self.imap_capability()
-            if version < BOOLLIST_SINCE and not set(atoms) <= set(effective.lstrip("+").split()):
+            if not set(atoms) <= capability_atoms(effective):
                 raise errors.PluginError(
                     f"{self.path} sets imap_capability, but Dovecot still uses "
                     f"{effective or 'the default'}: a `protocol imap "

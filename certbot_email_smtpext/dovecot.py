@@ -17,8 +17,8 @@ from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_addre
 DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
 #: The file we own, next to dovecot.conf; the admin's dovecot.conf only gains one include of it.
 DROPIN_NAME = "certbot-email.conf"
-#: Dovecot 2.4 renamed ssl_cert/ssl_key and dropped the `<` that 2.3 needs to read a file.
-RENAMED_SINCE = (2, 4)
+#: Dovecot 2.4's new config syntax: ssl_cert/ssl_key renamed, no `<` to read a file, etc.
+SYNTAX_2_4_SINCE = (2, 4)
 #: Login services that speak a protocol with STARTTLS, for listeners without ssl = yes.
 _STARTTLS_BY_SERVICE = {"imap-login": TlsStart.IMAP, "pop3-login": TlsStart.POP3,
                         "submission-login": TlsStart.SMTP}
@@ -39,13 +39,21 @@ class ConfigBlock:
 
 @dataclasses.dataclass(frozen=True)
 class SettingNames:
-    """The certificate setting names of one Dovecot version, and how they reference a file."""
+    """What differs between Dovecot versions in the settings we write and read back (the one
+    place that knows; setting_names() picks them by the installed version)."""
 
     cert: str
     key: str
+    #: What precedes a file name in a certificate value: 2.3 reads `<file`, 2.4 a plain path.
     file_prefix: str
     alt_cert: str = "ssl_alt_cert"
     alt_key: str = "ssl_alt_key"
+    #: doveconf -h path of a certificate setting: 2.4 files ssl_server_* under ssl_server/.
+    query_prefix: str = ""
+    #: doveconf -f key that applies a `local_name NAME { }` block.
+    local_name_filter: str = "lname"
+    #: 2.4 made imap_capability a boolean list (`"ATOM" = yes`) instead of a string.
+    capability_boollist: bool = False
 
 
 @dataclasses.dataclass
@@ -67,9 +75,11 @@ def parse_version(version_output: str) -> tuple[int, ...]:
 
 def setting_names(version: tuple[int, ...]) -> SettingNames:
     """ssl_cert = </path on 2.3, ssl_server_cert_file = /path on 2.4 and later."""
-    if version >= RENAMED_SINCE:
+    if version >= SYNTAX_2_4_SINCE:
         return SettingNames("ssl_server_cert_file", "ssl_server_key_file", "",
-                            "ssl_server_alt_cert_file", "ssl_server_alt_key_file")
+                            "ssl_server_alt_cert_file", "ssl_server_alt_key_file",
+                            query_prefix="ssl_server/", local_name_filter="local_name",
+                            capability_boollist=True)
     return SettingNames("ssl_cert", "ssl_key", "<")
 
 
@@ -169,7 +179,7 @@ def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain],
     settings = config.settings
     if settings.get("ssl", "yes") == "no":
         return []
-    protocols = settings.get("protocols", "").split()
+    protocols = enabled_protocols(config)
     default_host = re.split(r"[\s,]+", settings.get("listen", "*").strip())[0]
     listeners = []
     for service in config.blocks:
@@ -186,7 +196,9 @@ def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain],
                 start = _STARTTLS_BY_SERVICE[service.name]
             else:
                 continue
-            address = re.split(r"[\s,]+", listener.settings.get("address", "").strip())[0]
+            # an inet_listener's address is `address` in 2.3, `listen` in 2.4
+            bound = listener.settings.get("listen", listener.settings.get("address", ""))
+            address = re.split(r"[\s,]+", bound.strip())[0]
             default = TlsListener("dovecot", f"{service.name}/{listener.name}",
                                   connect_address(address or default_host), int(port), start,
                                   tuple(pairs))
@@ -194,6 +206,13 @@ def tls_listeners(config: ConfigBlock, pairs: Sequence[KeyAndChain],
             listeners += [default.for_server_name(name, named_pairs)
                           for name, named_pairs in sorted((local_names or {}).items())]
     return listeners
+
+
+def enabled_protocols(config: ConfigBlock) -> list[str]:
+    """`protocols = imap pop3`, or 2.4's boolean list `protocols { imap = yes }`."""
+    listed = config.settings.get("protocols", "").split()
+    return listed + [name for block in config.blocks if block.kind == "protocols"
+                     for name, value in block.settings.items() if value == "yes"]
 
 
 class Dovecot:
@@ -218,6 +237,17 @@ class Dovecot:
     def setting_names(self) -> SettingNames:
         """The certificate setting names of the installed Dovecot."""
         return setting_names(self.version())
+
+    def config(self) -> ConfigBlock:
+        """The settings in force, as a tree, with every service and listener: 2.4's plain
+        doveconf leaves out defaults (such as the standard imap and pop3 listeners), so the
+        service blocks and the settings tls_listeners() reads come from a named query."""
+        tree = parse_config(self.doveconf())
+        full = parse_config(self.doveconf("listen", "protocols", "ssl", "service"))
+        tree.settings.update(full.settings)
+        tree.blocks = [block for block in tree.blocks
+                       if block.kind not in ("service", "protocols")] + full.blocks
+        return tree
 
     def names(self) -> set[str]:
         """The hostname setting, the name the default certificate should carry."""
@@ -256,7 +286,7 @@ class Dovecot:
             changes.append(f"{self.config_file}: !include_try {self.dropin}")
         scopes: list[str | None] = [*server_names] or [None]
         for name in scopes:
-            effective = self._setting(names.cert, name)
+            effective = self._setting(names, names.cert, name)
             if effective != f"{names.file_prefix}{fullchain_path}":
                 where = f"local_name {name} {{ {names.cert} }}" if name else names.cert
                 raise errors.PluginError(
@@ -276,10 +306,11 @@ class Dovecot:
             config.write(("" if config_text.endswith("\n") else "\n") + f"!include_try {path}\n")
         return True
 
-    def _setting(self, setting: str, local_name: str | None = None) -> str:
-        """One setting's value, for connections that ask for local_name by SNI when given."""
-        scope = ("-f", f"lname={local_name}") if local_name else ()
-        return self.doveconf(*scope, "-h", setting).strip()
+    def _setting(self, names: SettingNames, setting: str, local_name: str | None = None) -> str:
+        """One certificate setting's value, for connections that ask for local_name by SNI
+        when given."""
+        scope = ("-f", f"{names.local_name_filter}={local_name}") if local_name else ()
+        return self.doveconf(*scope, "-h", names.query_prefix + setting).strip()
 
     def config_test(self) -> None:
         """doveconf -x: unlike -n it opens every `<file`, so a missing certificate fails here."""
@@ -288,7 +319,7 @@ class Dovecot:
     def tls_listeners(self) -> list[TlsListener]:
         """The listeners whose served certificate we verify after a reload."""
         names = self.setting_names()
-        config = parse_config(self.doveconf())
+        config = self.config()
         local_names = {block.name: self._credentials(names, block.name)
                        for block in config.blocks if block.kind == "local_name"}
         return tls_listeners(config, self._credentials(names), local_names)
@@ -298,8 +329,8 @@ class Dovecot:
         """The pairs served by default, or to clients asking for local_name."""
         # plain doveconf hides the key settings ("# hidden, use -P"); -h shows a path, no secret
         settings = (names.cert, names.key, names.alt_cert, names.alt_key)
-        return credentials({setting: self._setting(setting, local_name) for setting in settings},
-                           names)
+        return credentials({setting: self._setting(names, setting, local_name)
+                            for setting in settings}, names)
 
     def reload(self) -> None:
         """doveadm reload when the master runs, dovecot (start) when it does not."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian 12 packages the integration lab (tests/lab) runs, as root. Idempotent: when
-# all are installed already it returns at once, without touching apt.
+# Install the Debian 12 or 13 packages the integration lab (tests/lab) runs, as root; the names
+# are the same on both releases. Idempotent: when all are installed already it returns at once,
+# without touching apt.
 #   pebble                            ACME test CA
 #   postfix                           SMTP: port-25 MX, submission, submissions
 #   dovecot-core/-imapd/-pop3d/-lmtpd IMAP, POP3, LMTP delivery, SASL for Postfix

@@ -10,6 +10,7 @@ from typing import Optional, Union
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certbot_email.protocol import csr as csr_names
@@ -48,7 +49,8 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 
 def _ca_certificate(subject: x509.Name, key: IssuerKey, issuer: x509.Name, signer: IssuerKey,
                     path_length: int, days: int) -> x509.Certificate:
-    """A CA certificate (root or intermediate)."""
+    """A CA certificate (root or intermediate), with the key identifiers strict verifiers
+    (Python 3.13's default, ``openssl verify -x509_strict``) require of every CA."""
     start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -57,7 +59,22 @@ def _ca_certificate(subject: x509.Name, key: IssuerKey, issuer: x509.Name, signe
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
                                          False, False), True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                signer.public_key()), False)
             .sign(signer, hashes.SHA256()))
+
+
+def _require_key_identifiers(intermediate: x509.Certificate, path: Path) -> None:
+    """Refuse a CA made before its certificates carried an Authority Key Identifier: Python
+    3.13 (and certbot on it) would reject every chain it serves or issues."""
+    try:
+        intermediate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        raise ValueError(f"{path} has no Authority Key Identifier, so strict verifiers (Python "
+                         f"3.13's default) refuse it and every chain it signs: remove "
+                         f"{ROOT_FILE}, {ROOT_KEY_FILE}, {INTERMEDIATE_FILE} and "
+                         f"{INTERMEDIATE_KEY_FILE} from {path.parent} to make a new test CA, "
+                         "then trust its new root") from None
 
 
 def _write_pem(path: Path, data: bytes, private: bool = False) -> None:
@@ -84,6 +101,7 @@ class Authority:
             self._create(state_dir)
         self.root = x509.load_pem_x509_certificate(root_path.read_bytes())
         self.intermediate = x509.load_pem_x509_certificate(inter_path.read_bytes())
+        _require_key_identifiers(self.intermediate, inter_path)
         key = serialization.load_pem_private_key(
             (state_dir / INTERMEDIATE_KEY_FILE).read_bytes(), None)
         assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))
@@ -108,17 +126,18 @@ class Authority:
         return b"".join(cert.public_bytes(serialization.Encoding.PEM)
                         for cert in (leaf, self.intermediate)).decode("ascii")
 
-    def _builder(self, public_key: object, sans: list[x509.GeneralName]
+    def _builder(self, public_key: CertificatePublicKeyTypes, sans: list[x509.GeneralName]
                  ) -> x509.CertificateBuilder:
         """Common parts of every leaf: empty subject, so the SAN is critical (RFC 5280)."""
         start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
         return (x509.CertificateBuilder().subject_name(x509.Name([]))
                 .issuer_name(self.intermediate.subject)
-                .public_key(public_key)  # type: ignore[arg-type]
+                .public_key(public_key)
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(start).not_valid_after(start + self.validity)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
                 .add_extension(x509.SubjectAlternativeName(sans), True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     self.key.public_key()), False))
 

@@ -213,7 +213,7 @@ def point_lab_at(lab: Lab, root: Path) -> None:
     subprocess.run(["postconf", "-c", str(lab.postfix.etc), "-e",
                     f"smtpd_tls_chain_files = {key}, {chain}"], check=True)
     conf = lab.dovecot.dir / "dovecot.conf"
-    conf.write_text(conf.read_text() + f"ssl_cert = <{chain}\nssl_key = <{key}\n")
+    conf.write_text(conf.read_text() + lab.dovecot.cert_settings(chain, key))
     reload_lab(lab)
     settle(lab, leaf(live(root, "cert.pem")))
 
@@ -269,7 +269,7 @@ def test_certificate_not_served_after_reload_is_rolled_back(mail_lab, fresh_conf
     # an admin's `local` block keeps serving the old certificate on 127.0.0.1, whatever we deploy
     conf = mail_lab.dovecot.dir / "dovecot.conf"
     old_chain, old_key = mail_lab.ca.dir / "mail.crt", mail_lab.ca.dir / "mail.key"
-    local_block = f"local 127.0.0.1 {{\n  ssl_cert = <{old_chain}\n  ssl_key = <{old_key}\n}}\n"
+    local_block = f"local 127.0.0.1 {{\n{mail_lab.dovecot.cert_settings(old_chain, old_key)}}}\n"
     conf.write_text(conf.read_text() + local_block)
     reload_lab(mail_lab)
     settle(mail_lab, lab_certificate(mail_lab))

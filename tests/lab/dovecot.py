@@ -9,9 +9,19 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
+from certbot_email_smtpext.dovecot import parse_version
+
 from .config import render
 from .ports import Ports
-from .process import Daemon, greets, poll_until
+from .process import Daemon, greets, poll_until, run
+
+#: Dovecot 2.4 changed the config syntax (templates/dovecot-2.4.conf); 2.3 is Debian 12's.
+SYNTAX_2_4 = (2, 4)
+
+
+def installed_version() -> tuple[int, ...]:
+    """The installed Dovecot's version, e.g. (2, 3, 19, 1) on Debian 12, (2, 4, 1) on 13."""
+    return parse_version(run(["dovecot", "--version"]))
 
 
 class Dovecot(Daemon):
@@ -37,6 +47,18 @@ class Dovecot(Daemon):
         self.config_file = self.dir / "dovecot.conf"
         self.mail_dir = workdir / "mail"
         self.auth_socket = self.dir / "run" / "auth-postfix"
+        self.version = installed_version()
+
+    @property
+    def syntax_2_4(self) -> bool:
+        """Whether this Dovecot reads 2.4 syntax (ssl_server_cert_file, passdb name {...})."""
+        return self.version >= SYNTAX_2_4
+
+    def cert_settings(self, cert_file: Path, key_file: Path) -> str:
+        """The lines an admin writes to serve cert_file/key_file (in any block or at the top)."""
+        if self.syntax_2_4:
+            return f"ssl_server_cert_file = {cert_file}\nssl_server_key_file = {key_file}\n"
+        return f"ssl_cert = <{cert_file}\nssl_key = <{key_file}\n"
 
     def configure(self) -> None:
         for sub in ("run", "state"):
@@ -49,7 +71,7 @@ class Dovecot(Daemon):
         )
         p = self.ports
         render(
-            "dovecot.conf",
+            "dovecot-2.4.conf" if self.syntax_2_4 else "dovecot-2.3.conf",
             self.config_file,
             dir=self.dir,
             mail_dir=self.mail_dir,

@@ -47,6 +47,15 @@ def test_imap_snippet_sits_inside_protocol_imap_and_uses_the_2_4_boollist():
     assert "XTEST" not in new
 
 
+@pytest.mark.parametrize("effective, atoms", [
+    ("", set()),
+    ("+XTEST ACME=a", {"XTEST", "ACME=a"}),
+    ('"ACME=a" = yes\nXTEST = yes\nIDLE = no', {"ACME=a", "XTEST"}),
+])
+def test_capability_in_force_is_read_in_both_syntaxes(effective, atoms):
+    assert dovecot_backend.capability_atoms(effective) == atoms
+
+
 def test_listener_is_named_service_slash_listener():
     assert dovecot_backend.parse_listener("pop3-login/pop3") == ("pop3-login", "pop3")
     assert "inet_listener pop3s {\n    port = 0\n" in dovecot_backend.listener_off_snippet(

@@ -78,8 +78,58 @@ def test_version_output_is_parsed():
 
 def test_setting_names_follow_the_24_rename():
     assert V23 == dovecot.SettingNames("ssl_cert", "ssl_key", "<")
+    assert (V23.query_prefix, V23.local_name_filter, V23.capability_boollist) == \
+        ("", "lname", False)
     assert V24 == dovecot.SettingNames("ssl_server_cert_file", "ssl_server_key_file", "",
-                                       "ssl_server_alt_cert_file", "ssl_server_alt_key_file")
+                                       "ssl_server_alt_cert_file", "ssl_server_alt_key_file",
+                                       "ssl_server/", "local_name", True)
+    assert dovecot.setting_names((2, 5)) == V24
+
+
+# trimmed `doveconf -c dovecot.conf listen protocols ssl service` of Dovecot 2.4.1 with
+# Debian 13's protocols.d (a boolean list) and a listener bound with `listen`
+DOVECONF_24 = """\
+listen = * ::
+protocols {
+  imap = yes
+  lmtp = yes
+  pop3 = no
+}
+ssl = yes
+service imap-login {
+  imap_capability {
+    IMAP4rev1 = yes
+  }
+  protocol = imap
+  inet_listener imap {
+    listen = ::1
+    port = 143
+  }
+  inet_listener imaps {
+    port = 993
+    ssl = yes
+  }
+  unix_listener "srv.imap-login/%{pid}" {
+    mode = 0600
+  }
+}
+service pop3-login {
+  protocol = pop3
+  inet_listener pop3s {
+    port = 995
+    ssl = yes
+  }
+}
+"""
+
+
+def test_24_protocols_boollist_and_listen_are_read():
+    config = dovecot.parse_config(DOVECONF_24)
+    assert dovecot.enabled_protocols(config) == ["imap", "lmtp"]
+    assert listeners(DOVECONF_24) == {
+        "imap-login/imap": ("::1", 143, TlsStart.IMAP),
+        "imap-login/imaps": ("127.0.0.1", 993, TlsStart.IMPLICIT),
+    }
 
 
 def test_nested_blocks_are_parsed():
@@ -199,3 +249,24 @@ def test_each_listener_is_also_verified_per_local_name():
              if listener.service == "imap-login/imaps"]
     assert found == [("imap-login/imaps", None, (PAIR,)),
                      ("imap-login/imaps", "imap.example.test", (RSA,))]
+
+
+def test_config_takes_services_with_defaults_from_the_named_query(monkeypatch):
+    # 2.4's plain doveconf: only what differs from the defaults, so no standard listeners
+    plain = ("protocols {\n  imap = yes\n}\nservice lmtp {\n  inet_listener lmtp {\n"
+             "    port = 24\n  }\n}\nlocal_name imap.example.test {\n  ssl_server {\n"
+             "    cert_file = /l/imap.pem\n  }\n}\n")
+    answers = {(): plain, ("listen", "protocols", "ssl", "service"): DOVECONF_24}
+    calls = []
+
+    def doveconf(argv):
+        calls.append(argv)
+        assert argv[:3] == ["doveconf", "-c", "/etc/dovecot/dovecot.conf"]
+        return answers[tuple(argv[3:])]
+    monkeypatch.setattr(dovecot.commands, "run", doveconf)
+    config = dovecot.Dovecot("/etc/dovecot/dovecot.conf").config()
+    assert [(block.kind, block.name) for block in config.blocks] == [
+        ("local_name", "imap.example.test"), ("protocols", ""), ("service", "imap-login"),
+        ("service", "pop3-login")]
+    assert config.settings["listen"] == "* ::"
+    assert len(calls) == 2
