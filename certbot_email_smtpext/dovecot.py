@@ -290,10 +290,12 @@ class Dovecot:
         if around and around[0].kind == "local_name":
             return None
         where = str(around[0]) if around else f"{path} line {line}"
-        return (f"doveconf: {warning.split('Warning: ', 1)[-1]}: {where} gives its clients a "
-                f"certificate of its own that {self.dropin} cannot replace; remove the "
-                "certificate settings from that block, or put the certificate there yourself "
-                "and use --dovecot-reload-only")
+        setting = re.search(r"Global setting (\S+)", warning)
+        return (f"doveconf: the global {setting.group(1) if setting else 'setting'} of "
+                f"{self.dropin} does not reach {where}, which sets its own, so its clients keep "
+                "that certificate whatever certbot-email deploys; remove the certificate "
+                "settings from that block, or set the certificate there yourself and use the "
+                "installer's reload-only option")
 
     def sni_entries(self, server_names: Iterable[str]) -> dict[str, SniEntry]:
         """name -> the local_name block that clients asking for it (SNI) get, ours or the
