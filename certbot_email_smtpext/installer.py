@@ -93,13 +93,14 @@ class MailInstaller(common.Installer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.daemons = self._make_daemons()
+        self.daemons = self.make_daemons(self.conf)
         self._deployed: KeyAndChain | None = None  # certbot calls deploy_cert once per name
         self._warned: set[str] = set()  # deploy_cert and restart judge the same pins, SNI
 
+    @classmethod
     @abc.abstractmethod
-    def _make_daemons(self) -> list[MailDaemon]:
-        """The daemons this installer drives, from its options."""
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
+        """The daemons this installer drives, from its options (conf: option -> value)."""
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None]) -> None:
@@ -525,9 +526,10 @@ class PostfixInstaller(MailInstaller):
 
     config_options = {"postfix": "--postfix-config-dir"}
 
-    def _make_daemons(self) -> list[MailDaemon]:
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
         """One Postfix."""
-        return [Postfix(self.conf("config-dir"))]
+        return [Postfix(conf("config-dir") or DEFAULT_CONFIG_DIR)]
 
 
 class DovecotInstaller(MailInstaller):
@@ -543,9 +545,10 @@ class DovecotInstaller(MailInstaller):
 
     config_options = {"dovecot": "--dovecot-config"}
 
-    def _make_daemons(self) -> list[MailDaemon]:
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
         """One Dovecot."""
-        return [Dovecot(self.conf("config"))]
+        return [Dovecot(conf("config") or DEFAULT_CONFIG)]
 
 
 class MailServerInstaller(MailInstaller):
@@ -564,6 +567,31 @@ class MailServerInstaller(MailInstaller):
     config_options = {"postfix": "--mailserver-postfix-config-dir",
                       "dovecot": "--mailserver-dovecot-config"}
 
-    def _make_daemons(self) -> list[MailDaemon]:
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
         """Postfix first, then Dovecot."""
-        return [Postfix(self.conf("postfix-config-dir")), Dovecot(self.conf("dovecot-config"))]
+        return [Postfix(conf("postfix-config-dir") or DEFAULT_CONFIG_DIR),
+                Dovecot(conf("dovecot-config") or DEFAULT_CONFIG)]
+
+
+INSTALLERS: dict[str, type[MailInstaller]] = {
+    "postfix": PostfixInstaller, "dovecot": DovecotInstaller, "mailserver": MailServerInstaller}
+
+
+def prune_for_delete(renewal_file: str) -> Callable[[], list[str]] | None:
+    """For `certbot delete` (hook H6), read before the lineage goes: what removes, once it is
+    gone, the SNI entries of ours that name its files, so no config test fails on them. None
+    when its renewal configuration names none of our installers, or one in reload-only mode."""
+    import configobj  # certbot's own parser for renewal configurations
+    params = configobj.ConfigObj(renewal_file, encoding="utf-8").get("renewalparams", {})
+    name = str(params.get("installer", ""))
+    if name not in INSTALLERS or str(params.get(f"{name}_reload_only")) == "True":
+        return None
+    daemons = INSTALLERS[name].make_daemons(
+        lambda option: params.get(f"{name}_{option.replace('-', '_')}"))
+
+    def prune() -> list[str]:
+        for daemon in daemons:
+            util.lock_dir_until_exit(daemon.config_dir)
+        return [line for daemon in daemons for line in daemon.prune(apply=True)]
+    return prune

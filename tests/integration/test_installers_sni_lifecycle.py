@@ -6,6 +6,7 @@ S/MIME test, which needs the session lab's mail round trip and the test CA.
 """
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,24 +130,33 @@ def test_admin_sni_table_is_refused_then_taken_over(mail_lab, fresh_config, tmp_
            f"hash:{table}\n" in main_cf
 
 
+def issue_sni_lineage(lab: Lab, root: Path) -> None:
+    """imap.example.test, which the lab's daemons serve by SNI only."""
+    sni = installers.certbot(lab, root, "run", "-a", "standalone", "--preferred-challenges",
+                             "http-01", "--http-01-port", str(lab.ports.http01), "-d", SNI_NAME,
+                             "--cert-name", SNI_NAME,
+                             *installers.installer_options(lab, "mailserver"))
+    assert sni.returncode == 0, sni.stderr
+    assert f"local_name {SNI_NAME} {{" in (lab.dovecot.dir / "certbot-email.conf").read_text()
+
+
+def no_sni_entry_is_left(lab: Lab) -> bool:
+    """Whether our SNI table and drop-in have forgotten imap.example.test."""
+    return SNI_NAME not in (lab.postfix.etc / "certbot-email-sni").read_text() and \
+        SNI_NAME not in (lab.dovecot.dir / "certbot-email.conf").read_text()
+
+
 def test_delete_of_an_sni_lineage_then_another_deploy_and_renewal(mail_lab, fresh_config,
                                                                   tmp_path):
-    sni = installers.certbot(mail_lab, tmp_path, "run", "-a", "standalone",
-                             "--preferred-challenges", "http-01", "--http-01-port",
-                             str(mail_lab.ports.http01), "-d", SNI_NAME, "--cert-name", SNI_NAME,
-                             *installers.installer_options(mail_lab, "mailserver"))
-    assert sni.returncode == 0, sni.stderr
+    issue_sni_lineage(mail_lab, tmp_path)
     deleted = installers.certbot(mail_lab, tmp_path, "delete", "--cert-name", SNI_NAME)
     assert deleted.returncode == 0, deleted.stderr
     assert not (tmp_path / "config" / "live" / SNI_NAME).exists()
+    assert doveconf_x(mail_lab).returncode == 0, doveconf_x(mail_lab).stderr
+    assert no_sni_entry_is_left(mail_lab)
 
     deployed = run_mailserver(mail_lab, tmp_path)
     assert deployed.returncode == 0, deployed.stderr
-    assert f"local_name {SNI_NAME} names " in deployed.stderr
-    assert "removed that SNI entry, since its lineage is gone" in deployed.stderr
-    assert doveconf_x(mail_lab).returncode == 0, doveconf_x(mail_lab).stderr
-    assert SNI_NAME not in (mail_lab.postfix.etc / "certbot-email-sni").read_text()
-    assert SNI_NAME not in (mail_lab.dovecot.dir / "certbot-email.conf").read_text()
     first = live_leaf(tmp_path, NAME)
     assert served_to(mail_lab, SNI_NAME) == {first}  # no SNI entry left: the default
     assert served_to(mail_lab, NAME) == {first}
@@ -158,6 +168,24 @@ def test_delete_of_an_sni_lineage_then_another_deploy_and_renewal(mail_lab, fres
     second = live_leaf(tmp_path, NAME)
     assert second.serial_number != first.serial_number
     assert served_to(mail_lab, NAME) == served_to(mail_lab, None) == {second}
+
+
+def test_sni_entries_of_vanished_files_are_pruned_by_the_next_run(mail_lab, fresh_config,
+                                                                  tmp_path):
+    issue_sni_lineage(mail_lab, tmp_path)
+    # gone without our delete hook: by hand, or by a certbot that runs without certbot-email
+    for kind in ("live", "archive"):
+        shutil.rmtree(tmp_path / "config" / kind / SNI_NAME)
+    (tmp_path / "config" / "renewal" / f"{SNI_NAME}.conf").unlink()
+    assert doveconf_x(mail_lab).returncode != 0
+
+    deployed = run_mailserver(mail_lab, tmp_path)
+    assert deployed.returncode == 0, deployed.stderr
+    assert f"local_name {SNI_NAME} names " in deployed.stderr
+    assert "removed that SNI entry, since its lineage is gone" in deployed.stderr
+    assert doveconf_x(mail_lab).returncode == 0, doveconf_x(mail_lab).stderr
+    assert no_sni_entry_is_left(mail_lab)
+    assert served_to(mail_lab, SNI_NAME) == {live_leaf(tmp_path, NAME)}
 
 
 def test_postfix_without_main_cf_says_so(mail_lab, tmp_path):

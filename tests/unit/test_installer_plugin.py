@@ -86,8 +86,9 @@ class FakeInstaller(installer.MailInstaller):
 
     daemon: FakeDaemon
 
-    def _make_daemons(self) -> list[installer.MailDaemon]:
-        return [self.daemon]
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], object]) -> list[installer.MailDaemon]:
+        return [cls.daemon]
 
 
 @pytest.fixture
