@@ -384,11 +384,11 @@ class MailInstaller(common.Installer):
             entries = daemon.sni_entries(sorted({name for names in wanted.values()
                                                  for name in names}))
             for entry in entries.values():
-                if not entry.ours and entry.name not in self._warned:
-                    self._warned.add(entry.name)
-                    logger.warning("%s: clients that ask for %s (SNI) get the certificate of %s, "
-                                   "not the default one; not verified", daemon.name, entry.name,
-                                   entry.where)
+                warning = (f"{daemon.name}: clients that ask for {entry.name} (SNI) get the "
+                           f"certificate of {entry.where}, not the default one; not verified")
+                if not entry.ours and warning not in self._warned:
+                    self._warned.add(warning)
+                    logger.warning("%s", warning)
             by_name += [listener.for_server_name(name, listener.credentials)
                         for listener, names in wanted.items()
                         for name in dict.fromkeys(names) if name not in entries]

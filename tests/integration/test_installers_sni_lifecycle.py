@@ -146,6 +146,44 @@ def no_sni_entry_is_left(lab: Lab) -> bool:
         SNI_NAME not in (lab.dovecot.dir / "certbot-email.conf").read_text()
 
 
+def test_entries_that_take_over_cannot_win_are_refused_even_with_it(mail_lab, fresh_config,
+                                                                    tmp_path):
+    conf = mail_lab.dovecot.dir / "dovecot.conf"
+    text = conf.read_text()
+    line = text.count("\n") + 1
+    conf.write_text(text + f'local_name "other.example.test {NAME}" {{\n'
+                    f"  ssl_cert = <{mail_lab.ca.dir / 'mail.crt'}\n"
+                    f"  ssl_key = <{mail_lab.ca.dir / 'mail.key'}\n}}\n")
+    table = tmp_path / "admin-sni"
+    table.write_text(f".example.test {mail_lab.ca.dir / 'mail.key'}, "
+                     f"{mail_lab.ca.dir / 'mail.crt'}\n")
+    etc = str(mail_lab.postfix.etc)
+    subprocess.run(["postmap", "-c", etc, "-F", f"hash:{table}"], check=True)
+    subprocess.run(["postconf", "-c", etc, "-e", f"tls_server_sni_maps = hash:{table}"],
+                   check=True)
+    installers.reload_lab(mail_lab)
+    issued = installers.certbot(mail_lab, tmp_path, "certonly", *installers.standalone(mail_lab))
+    assert issued.returncode == 0, issued.stderr
+    before = contents(mail_lab)
+
+    dovecot = installers.certbot(mail_lab, tmp_path, "install", "--cert-name", NAME,
+                                 *installers.installer_options(mail_lab, "dovecot"),
+                                 "--dovecot-take-over-sni")
+    assert dovecot.returncode != 0
+    assert f"{conf} line {line} (`local_name other.example.test {NAME} {{`) gives clients " \
+           f"that ask for {NAME} (SNI) a certificate of its own" in dovecot.stderr
+    assert "--dovecot-take-over-sni cannot win over it, so edit it yourself" in dovecot.stderr
+    assert contents(mail_lab) == before
+
+    postfix = installers.certbot(mail_lab, tmp_path, "install", "--cert-name", NAME,
+                                 *installers.installer_options(mail_lab, "postfix"))
+    assert postfix.returncode != 0  # the parent domain's entry answers for the name
+    assert f"{table} line 1: the entry for .example.test in hash:{table} gives clients that " \
+           f"ask for {NAME} (SNI)" in postfix.stderr
+    assert contents(mail_lab) == before
+    assert served_to(mail_lab, NAME) == {installers.lab_certificate(mail_lab)}
+
+
 def test_delete_of_an_sni_lineage_then_another_deploy_and_renewal(mail_lab, fresh_config,
                                                                   tmp_path):
     issue_sni_lineage(mail_lab, tmp_path)

@@ -470,3 +470,18 @@ def test_restart_probes_each_certificate_name_by_sni_and_without(tmp_path, servi
     assert set(probed) == {None}
     assert "clients that ask for mail.example.test (SNI) get the certificate of /etc/fake/sni " \
            "line 3, not the default one; not verified" in caplog.text
+
+
+def test_delete_prunes_the_daemons_its_renewal_conf_names(tmp_path):
+    renewal = tmp_path / "lineage.conf"
+    renewal.write_text("[renewalparams]\ninstaller = mailserver\n"
+                       "mailserver_postfix_config_dir = /srv/postfix\n")
+    assert installer.prune_for_delete(str(renewal)) is not None
+    for params in ("installer = mailserver\nmailserver_reload_only = True\n",
+                   "installer = nginx\n", ""):
+        renewal.write_text(f"[renewalparams]\n{params}")
+        assert installer.prune_for_delete(str(renewal)) is None
+    daemons = installer.MailServerInstaller.make_daemons(
+        {"postfix-config-dir": "/srv/postfix"}.get)
+    assert [daemon.config_file for daemon in daemons] == ["/srv/postfix/main.cf",
+                                                          "/etc/dovecot/dovecot.conf"]
