@@ -6,7 +6,6 @@ The parsing and deciding functions at the top are pure (they take doveconf's out
 import dataclasses
 import fnmatch
 import glob
-import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,8 +15,6 @@ from certbot import errors
 from certbot_email_smtpext import commands
 from certbot_email_smtpext.checks import KeyAndChain, missing_files, read_text, without_missing
 from certbot_email_smtpext.listeners import SniEntry, TlsListener, TlsStart, connect_address
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
 #: The file we own, next to dovecot.conf; the admin's dovecot.conf only gains one include of it.
@@ -29,7 +26,7 @@ _STARTTLS_BY_SERVICE = {"imap-login": TlsStart.IMAP, "pop3-login": TlsStart.POP3
                         "submission-login": TlsStart.SMTP}
 _SSL_ON = "ssl = yes"
 _SETTING_LINE = re.compile(r"^\s*(\S+) =(.*)$")
-_BLOCK_START = re.compile(r"^\s*(\S+)(?: (.+?))? \{$")
+_BLOCK_START = re.compile(r"^\s*(\S+)(?:\s+(.+?))?\s*\{$")
 _INCLUDE = re.compile(r"^!include(?:_try)?\s+\"?([^\"]+?)\"?$")
 #: doveconf's warning that a global setting (ours) does not reach a filter that set it earlier.
 _EARLIER_FILTER = re.compile(
@@ -106,7 +103,7 @@ def _scan_file(path: str, skip: set[str], stack: list[SourceBlock],
                 _scan_file(included, skip, stack, blocks)
         elif line == "}" and stack:
             blocks.append(dataclasses.replace(stack.pop(), end=number))
-        elif (start := re.match(r"^(\S+)(?:\s+(.*?))?\s*\{$", line)) and "=" not in line:
+        elif (start := _BLOCK_START.match(line)) and "=" not in line:
             names = tuple((start.group(2) or "").replace('"', " ").lower().split())
             enclosing = tuple(" ".join((block.kind, *block.names)) for block in stack)
             stack.append(SourceBlock(path, number, 0, start.group(1), names, enclosing, set()))

@@ -91,6 +91,9 @@ class MailDaemon(Protocol):
 class MailInstaller(common.Installer):
     """Shared glue for one or more mail daemons that serve the certificate of one lineage."""
 
+    #: The option that names each daemon's config, for messages.
+    config_options: dict[str, str] = {}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.daemons = self.make_daemons(self.conf)
@@ -100,7 +103,8 @@ class MailInstaller(common.Installer):
     @classmethod
     @abc.abstractmethod
     def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
-        """The daemons this installer drives, from its options (conf: option -> value)."""
+        """The daemons this installer drives, from its options (conf: option -> value, None
+        for an option a renewal configuration leaves out because it has its default)."""
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None]) -> None:
@@ -114,9 +118,6 @@ class MailInstaller(common.Installer):
     def _reload_only(self) -> bool:
         """Whether this run must leave every config file alone."""
         return bool(self.conf("reload-only"))
-
-    #: The option that names each daemon's config, for messages.
-    config_options: dict[str, str] = {}
 
     def prepare(self) -> None:
         """Find the tools and config, undo a crashed run's half-made edits, lock, drop SNI
