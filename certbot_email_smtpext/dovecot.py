@@ -95,7 +95,7 @@ def _scan_file(path: str, skip: set[str], stack: list[SourceBlock],
         return
     skip = skip | {os.path.realpath(path)}  # an include loop ends here
     for number, raw in enumerate((read_text(path) or "").splitlines(), 1):
-        line = raw.strip() if '"' in raw else re.sub(r"(^|\s)#.*$", "", raw).strip()
+        line = re.sub(r'(^|\s)#(?=(?:[^"]*"[^"]*")*[^"]*$).*$', "", raw).strip()  # not in ""
         include = _INCLUDE.match(line)
         if include:
             pattern = os.path.join(os.path.dirname(os.path.abspath(path)), include.group(1))
@@ -114,6 +114,11 @@ def _scan_file(path: str, skip: set[str], stack: list[SourceBlock],
 def matches(pattern: str, name: str) -> bool:
     """Whether a local_name pattern (`*` a wildcard, as Dovecot matches) covers the name."""
     return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
+def _all_blocks(config: ConfigBlock) -> list[ConfigBlock]:
+    """Every block of the tree, nested ones included."""
+    return [block for child in config.blocks for block in (child, *_all_blocks(child))]
 
 
 def parse_version(version_output: str) -> tuple[int, ...]:
@@ -302,11 +307,22 @@ class Dovecot:
         certificate_settings = {names.cert, names.key, names.alt_cert, names.alt_key}
         admin_blocks = [block for block in scan_blocks(self.config_file, [self.dropin])
                         if block.kind == "local_name" and block.settings & certificate_settings]
+        # what doveconf reads, for a block in a file the scan could not follow
+        shown = [block.name for block in _all_blocks(parse_config(self.doveconf("-n")))
+                 if block.kind == "local_name" and set(block.settings) & certificate_settings]
+        fix = (f"set {names.cert} = {names.file_prefix}{{chain}} and {names.key} = "
+               f"{names.file_prefix}{{key}} in that block, or delete the block")
         entries = {}
         for name in server_names:
             admin = [block for block in admin_blocks
                      if any(matches(pattern, name) for pattern in block.names)]
-            if admin:
+            unlocated = [block for block in shown
+                         if any(matches(pattern, name) for pattern in block.split())]
+            if not admin and name not in ours and unlocated:
+                entries[name] = SniEntry(
+                    name, False, f"a `local_name {unlocated[0]} {{` block that `doveconf -n` "
+                    "shows (in a file not found from dovecot.conf's includes)", fix, False)
+            elif admin:
                 # only a top-level block of exactly this name merges with ours, and ours is later
                 shadowable = not admin[0].enclosing and admin[0].names == (name,)
                 if shadowable and name in ours and self._setting(names.cert, name) == \
@@ -315,11 +331,7 @@ class Dovecot:
                     continue
                 nested = f" inside `{' { '.join(admin[0].enclosing)} {{`" if admin[0].enclosing \
                     else ""
-                entries[name] = SniEntry(
-                    name, False, f"{admin[0]}{nested}",
-                    f"set {names.cert} = {names.file_prefix}{{chain}} and {names.key} = "
-                    f"{names.file_prefix}{{key}} in that block, or delete the block",
-                    shadowable)
+                entries[name] = SniEntry(name, False, f"{admin[0]}{nested}", fix, shadowable)
             elif name in ours:
                 entries[name] = SniEntry(name, True, self.dropin)
         return entries

@@ -218,7 +218,7 @@ def test_scan_follows_includes_and_gives_file_line_and_nesting(tmp_path):
         "    ssl_cert = </a.pem # the admin's\n  }\n}\n")
     (tmp_path / "ours.conf").write_text("local_name ours.example.test {\n  ssl_cert = </o\n}\n")
     conf = tmp_path / "dovecot.conf"
-    conf.write_text("ssl = yes\n!include conf.d/*.conf\n!include_try ours.conf\n"
+    conf.write_text("ssl = yes\n!include \"conf.d/*.conf\" # the admin's\n!include_try ours.conf\n"
                     "!include_try missing.conf\nlocal_name mail.example.test {\n"
                     "  ssl_key = </k.pem\n}\n")
     blocks = dovecot.scan_blocks(str(conf), [str(tmp_path / "ours.conf")])
@@ -238,3 +238,18 @@ def test_scan_follows_includes_and_gives_file_line_and_nesting(tmp_path):
 ])
 def test_local_name_patterns(pattern, name, found):
     assert dovecot.matches(pattern, name) is found
+
+
+def test_a_block_doveconf_shows_but_the_scan_cannot_locate_is_the_admins(tmp_path, monkeypatch):
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text("ssl = yes\n")
+    daemon = dovecot.Dovecot(str(conf))
+    monkeypatch.setattr(daemon, "setting_names", lambda: dovecot.setting_names((2, 3)))
+    monkeypatch.setattr(daemon, "doveconf", lambda *arguments: (
+        "local 192.0.2.1 {\n  local_name mail.example.test {\n    ssl_cert = </a.pem\n  }\n}\n"))
+    entry = daemon.sni_entries(["mail.example.test", "other.example.test"])
+    assert list(entry) == ["mail.example.test"]
+    assert not entry["mail.example.test"].ours and not entry["mail.example.test"].shadowable
+    assert entry["mail.example.test"].where == (
+        "a `local_name mail.example.test {` block that `doveconf -n` shows (in a file not found "
+        "from dovecot.conf's includes)")
