@@ -44,7 +44,8 @@ class TlsListener:
 class SniEntry:
     """The SNI entry a client asking for `name` gets: one of ours, or one the admin wrote.
 
-    where: the file and line (or table) that holds it; fix: what the admin changes there.
+    where: the file and line (or table) that holds it; fix: what the admin changes there, with
+    `{key}` and `{chain}` standing for the files being deployed.
     shadowable: whether an entry of ours for the name would win over the admin's.
     """
 
