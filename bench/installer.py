@@ -46,6 +46,7 @@ def make_installer(lab: Lab, state: Path) -> MailServerInstaller:
         logs_dir=str(state / "logs"), server="https://127.0.0.1/dir", strict_permissions=False,
         http01_port=80, https_port=443, mailserver_reload_only=False,
         mailserver_alt_cert_name=None, mailserver_dane="off", mailserver_dane_resolver=None,
+        mailserver_take_over_sni=False,
         mailserver_postfix_config_dir=str(lab.postfix.etc),
         mailserver_dovecot_config=str(lab.dovecot.dir / "dovecot.conf"))
     installer = MailServerInstaller(NamespaceConfig(namespace), "mailserver")

@@ -10,7 +10,8 @@ H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot low
     ``certbot certificates``, duplicate detection); H5 ``NewOrder`` sends them as ``email``
     identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's refusal of ``email``
     identifiers into a hint, and H6 makes ``certbot delete`` remove our PKCS#12 bundle (it holds
-    the private key) with the lineage. Every hook passes names without ``@`` through untouched.
+    the private key) and the mail installers' SNI entries (which would fail ``doveconf -x``)
+    with the lineage. Every hook passes names without ``@`` through untouched.
     Installing never raises: certbot imports us on every run, nginx renewals included. A hook
     that cannot be installed is recorded, and our plugins refuse in ``prepare()``
     (``require_support``); a courtesy hook that cannot be installed is only logged.
@@ -268,7 +269,7 @@ def unknown_email_identifier_hint(mailboxes: Sequence[str], refusal: str) -> str
             f"for a trial).")
 
 
-# ---- H6: ``certbot delete`` also removes the PKCS#12 bundle our deploy hook made ----------
+# ---- H6: ``certbot delete`` also removes our PKCS#12 bundle and mail server SNI entries --
 
 def _install_delete_files() -> None:
     from certbot._internal import storage
@@ -279,6 +280,7 @@ def _install_delete_files() -> None:
         raise LookupError("certbot._internal.storage.delete_files changed its signature")
 
     def delete_files(config: Any, certname: str) -> None:
+        prune = None
         try:
             from certbot_email import pkcs12_hook
             removed = pkcs12_hook.remove_bundle(
@@ -287,7 +289,18 @@ def _install_delete_files() -> None:
                 logger.info("Removed %s, made by the certbot-email-pkcs12 deploy hook", removed)
         except Exception as error:  # pylint: disable=broad-except
             logger.debug("certbot-email left the lineage's PKCS#12 bundle alone: %s", error)
+        try:
+            from certbot_email_smtpext import installer
+            prune = installer.prune_for_delete(storage.renewal_file_for_certname(config, certname))
+        except Exception as error:  # pylint: disable=broad-except
+            logger.debug("certbot-email found no mail server SNI entries to remove: %s", error)
         original(config, certname)
+        try:
+            for line in prune() if prune else ():
+                logger.info("%s: removed that SNI entry with its lineage", line)
+        except Exception as error:  # pylint: disable=broad-except
+            logger.warning("certbot-email could not remove the lineage's SNI entries (%s); the "
+                           "next run of its installer does", error)
     storage.delete_files = _mark(delete_files)
 
 

@@ -8,13 +8,14 @@ import datetime
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 _KEY_PEM = re.compile(rb"-----BEGIN ([A-Z ]*PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
 _CERT_PEM = b"-----BEGIN CERTIFICATE-----"
@@ -56,6 +57,23 @@ def _pem_kinds(path: str) -> tuple[bool, bool]:
     except OSError:
         return False, False
     return _KEY_PEM.search(data) is not None, _CERT_PEM in data
+
+
+def missing_files(entries: Mapping[str, Sequence[KeyAndChain]]) -> list[tuple[str, str]]:
+    """(name, a missing file) for each SNI entry whose pair names a file that is gone, as
+    after `certbot delete` of its lineage."""
+    return [(name, path) for name, pairs in sorted(entries.items()) for pair in pairs
+            for path in dict.fromkeys((pair.key_file, pair.chain_file))
+            if not os.path.exists(path)]
+
+
+def without_missing(entries: Mapping[str, Sequence[KeyAndChain]],
+                    ) -> dict[str, tuple[KeyAndChain, ...]]:
+    """The SNI entries with the pairs whose files are gone left out, and empty ones dropped."""
+    kept = {name: tuple(pair for pair in pairs
+                        if os.path.exists(pair.key_file) and os.path.exists(pair.chain_file))
+            for name, pairs in entries.items()}
+    return {name: pairs for name, pairs in kept.items() if pairs}
 
 
 def read_text(path: str) -> str | None:
@@ -104,6 +122,28 @@ def dns_names(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [name.lower() for name in sans.get_values_for_type(x509.DNSName)]
+
+
+def server_certificate_problem(cert: x509.Certificate) -> str | None:
+    """Why a TLS server must not serve cert (no DNS name, or an EKU without serverAuth)."""
+    if not dns_names(cert):
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            addresses = sans.get_values_for_type(x509.RFC822Name)
+        except x509.ExtensionNotFound:
+            addresses = []
+        what = f"is for {', '.join(addresses)} (S/MIME)" if addresses else "has no DNS name"
+        return f"{describe(cert)} {what}, not for a host name"
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages or \
+            ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+        return None
+    names = ", ".join(getattr(usage, "_name", usage.dotted_string) for usage in usages)
+    return (f"the extended key usage of {describe(cert)} ({names}) lacks serverAuth, so TLS "
+            "clients refuse it")
 
 
 def covers(cert: x509.Certificate, host_names: Iterable[str]) -> bool:

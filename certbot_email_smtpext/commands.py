@@ -1,7 +1,7 @@
 """Running the mail daemons' command-line tools (postconf, doveconf, postfix, doveadm, ...)."""
 import logging
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from certbot import errors
 
@@ -11,12 +11,21 @@ logger = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 120
 
 
-def run(argv: Sequence[str]) -> str:
-    """Run a tool for its stdout: a failure becomes a PluginError showing its output."""
+def run(argv: Sequence[str],
+        judge: Callable[[str], str | None] | None = None) -> str:
+    """Run a tool for its stdout: a failure becomes a PluginError showing its output.
+
+    judge: turns a stderr line that is a failure (not just a notice) into the reason why.
+    """
     done = status(argv)
     if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip() or "no output (see the mail log)"
         raise errors.PluginError(f"`{' '.join(argv)}` failed with exit status "
-                                 f"{done.returncode}: {(done.stderr or done.stdout).strip()}")
+                                 f"{done.returncode}: {output}")
+    failures = [reason for line in dict.fromkeys(done.stderr.splitlines())
+                if judge is not None and (reason := judge(line))]
+    if failures:
+        raise errors.PluginError("; ".join(failures))
     for line in done.stderr.splitlines():
         logger.info("%s: %s", argv[0], line)
     return done.stdout

@@ -4,15 +4,17 @@ The parsing and deciding functions at the top are pure (they take doveconf's out
 `Dovecot` class below runs doveconf, doveadm and dovecot for one dovecot.conf.
 """
 import dataclasses
+import fnmatch
+import glob
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from certbot import errors
 
 from certbot_email_smtpext import commands
-from certbot_email_smtpext.checks import KeyAndChain, read_text
-from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
+from certbot_email_smtpext.checks import KeyAndChain, missing_files, read_text, without_missing
+from certbot_email_smtpext.listeners import SniEntry, TlsListener, TlsStart, connect_address
 
 DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
 #: The file we own, next to dovecot.conf; the admin's dovecot.conf only gains one include of it.
@@ -24,7 +26,11 @@ _STARTTLS_BY_SERVICE = {"imap-login": TlsStart.IMAP, "pop3-login": TlsStart.POP3
                         "submission-login": TlsStart.SMTP}
 _SSL_ON = "ssl = yes"
 _SETTING_LINE = re.compile(r"^\s*(\S+) =(.*)$")
-_BLOCK_START = re.compile(r"^\s*(\S+)(?: (\S+))? \{$")
+_BLOCK_START = re.compile(r"^\s*(\S+)(?:\s+(.+?))?\s*\{$")
+_INCLUDE = re.compile(r"^!include(?:_try)?\s+\"?([^\"]+?)\"?$")
+#: doveconf's warning that a global setting (ours) does not reach a filter that set it earlier.
+_EARLIER_FILTER = re.compile(
+    r"won't change the setting inside an earlier filter at (\S+) line (\d+)")
 
 
 @dataclasses.dataclass
@@ -63,6 +69,64 @@ class Dropin:
     default: tuple[KeyAndChain, ...] = ()
     local_names: dict[str, tuple[KeyAndChain, ...]] = dataclasses.field(default_factory=dict)
     enable_ssl: bool = False
+
+
+@dataclasses.dataclass
+class SourceBlock:
+    """A `kind args { ... }` section as written in a config file: where, and what it sets."""
+
+    file: str
+    line: int
+    end: int
+    kind: str
+    names: tuple[str, ...]
+    enclosing: tuple[str, ...]
+    settings: set[str]
+
+    def __str__(self) -> str:
+        return f"{self.file} line {self.line} (`{' '.join((self.kind, *self.names))} {{`)"
+
+
+def scan_blocks(config_file: str, skip: Iterable[str] = ()) -> list[SourceBlock]:
+    """Every block of dovecot.conf and the files it !includes (but skip), with file and line:
+    doveconf shows the merged settings, not where they are written."""
+    blocks: list[SourceBlock] = []
+    _scan_file(config_file, {os.path.realpath(path) for path in skip}, [], blocks)
+    return blocks
+
+
+def _scan_file(path: str, skip: set[str], stack: list[SourceBlock],
+               blocks: list[SourceBlock]) -> None:
+    """Read one file into blocks; stack holds the blocks open where it was included (their
+    settings are gathered in place, end is set on the closing brace)."""
+    if os.path.realpath(path) in skip:
+        return
+    skip = skip | {os.path.realpath(path)}  # an include loop ends here
+    for number, raw in enumerate((read_text(path) or "").splitlines(), 1):
+        line = re.sub(r'(^|\s)#(?=(?:[^"]*"[^"]*")*[^"]*$).*$', "", raw).strip()  # not in ""
+        include = _INCLUDE.match(line)
+        if include:
+            pattern = os.path.join(os.path.dirname(os.path.abspath(path)), include.group(1))
+            for included in sorted(glob.glob(pattern)):
+                _scan_file(included, skip, stack, blocks)
+        elif line == "}" and stack:
+            blocks.append(dataclasses.replace(stack.pop(), end=number))
+        elif (start := _BLOCK_START.match(line)) and "=" not in line:
+            names = tuple((start.group(2) or "").replace('"', " ").lower().split())
+            enclosing = tuple(" ".join((block.kind, *block.names)) for block in stack)
+            stack.append(SourceBlock(path, number, 0, start.group(1), names, enclosing, set()))
+        elif stack and (setting := re.match(r"^([A-Za-z_]\w*)\s*=", line)):
+            stack[-1].settings.add(setting.group(1))
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether a local_name pattern (`*` a wildcard, as Dovecot matches) covers the name."""
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
+def _all_blocks(config: ConfigBlock) -> list[ConfigBlock]:
+    """Every block of the tree, nested ones included."""
+    return [block for child in config.blocks for block in (child, *_all_blocks(child))]
 
 
 def parse_version(version_output: str) -> tuple[int, ...]:
@@ -228,7 +292,84 @@ class Dovecot:
 
     def doveconf(self, *arguments: str) -> str:
         """doveconf for our dovecot.conf: the one reader of its settings."""
-        return commands.run(["doveconf", "-c", self.config_file, *arguments])
+        return commands.run(["doveconf", "-c", self.config_file, *arguments],
+                            self._earlier_filter)
+
+    def _earlier_filter(self, warning: str) -> str | None:
+        """doveconf's "won't change the setting inside an earlier filter" is a failure: that
+        filter keeps its own certificate whatever we deploy. A local_name block is the
+        exception: it serves its names by SNI, which deploy_cert and the SNI probes judge."""
+        found = _EARLIER_FILTER.search(warning)
+        if found is None:
+            return None
+        path = os.path.realpath(os.path.join(self.config_dir, found.group(1)))
+        line = int(found.group(2))
+        around = sorted((block for block in scan_blocks(self.config_file)
+                         if os.path.realpath(block.file) == path
+                         and block.line <= line <= block.end),
+                        key=lambda block: block.end - block.line)
+        if around and around[0].kind == "local_name":
+            return None
+        where = str(around[0]) if around else f"{path} line {line}"
+        setting = re.search(r"Global setting (\S+)", warning)
+        return (f"doveconf: the global {setting.group(1) if setting else 'setting'} of "
+                f"{self.dropin} does not reach {where}, which sets its own, so its clients keep "
+                "that certificate whatever certbot-email deploys; remove the certificate "
+                "settings from that block, or set the certificate there yourself and use the "
+                "installer's reload-only option")
+
+    def sni_entries(self, server_names: Iterable[str]) -> dict[str, SniEntry]:
+        """name -> the local_name block that clients asking for it (SNI) get, ours or the
+        admin's (any file dovecot.conf includes); names without one are left out."""
+        names = self.setting_names()
+        ours = parse_dropin(read_text(self.dropin) or "", names).local_names
+        certificate_settings = {names.cert, names.key, names.alt_cert, names.alt_key}
+        admin_blocks = [block for block in scan_blocks(self.config_file, [self.dropin])
+                        if block.kind == "local_name" and block.settings & certificate_settings]
+        # what doveconf reads, for a block in a file the scan could not follow
+        shown = [block.name for block in _all_blocks(parse_config(self.doveconf("-n")))
+                 if block.kind == "local_name" and set(block.settings) & certificate_settings]
+        fix = (f"set {names.cert} = {names.file_prefix}{{chain}} and {names.key} = "
+               f"{names.file_prefix}{{key}} in that block, or delete the block")
+        entries = {}
+        for name in server_names:
+            admin = [block for block in admin_blocks
+                     if any(matches(pattern, name) for pattern in block.names)]
+            unlocated = [block for block in shown
+                         if any(matches(pattern, name) for pattern in block.split())]
+            if not admin and name not in ours and unlocated:
+                entries[name] = SniEntry(
+                    name, False, f"a `local_name {unlocated[0]} {{` block that `doveconf -n` "
+                    "shows (in a file not found from dovecot.conf's includes)", fix, False)
+            elif admin:
+                # only a top-level block of exactly this name merges with ours, and ours is later
+                shadowable = not admin[0].enclosing and admin[0].names == (name,)
+                if shadowable and name in ours and self._setting(names.cert, name) == \
+                        f"{names.file_prefix}{ours[name][0].chain_file}":
+                    entries[name] = SniEntry(name, True, self.dropin)
+                    continue
+                nested = f" inside `{' { '.join(admin[0].enclosing)} {{`" if admin[0].enclosing \
+                    else ""
+                entries[name] = SniEntry(name, False, f"{admin[0]}{nested}", fix, shadowable)
+            elif name in ours:
+                entries[name] = SniEntry(name, True, self.dropin)
+        return entries
+
+    def prune(self, apply: bool) -> list[str]:
+        """Our drop-in's local_name entries that name files that are gone (a lineage removed by
+        certbot delete), which would fail doveconf -x; dropped when apply."""
+        current = read_text(self.dropin)
+        if current is None:
+            return []
+        names = self.setting_names()
+        dropin = parse_dropin(current, names)
+        stale = missing_files(dropin.local_names)
+        if stale and apply:
+            dropin.local_names = without_missing(dropin.local_names)
+            with open(self.dropin, "w", encoding="utf-8") as dropin_file:
+                dropin_file.write(render_dropin(names, dropin))
+        return [f"{self.dropin}: local_name {name} names {missing}, which no longer exists"
+                for name, missing in stale]
 
     def version(self) -> tuple[int, ...]:
         """The installed Dovecot's version, which decides the setting names and syntax."""
@@ -320,8 +461,9 @@ class Dovecot:
         """The listeners whose served certificate we verify after a reload."""
         names = self.setting_names()
         config = self.config()
-        local_names = {block.name: self._credentials(names, block.name)
-                       for block in config.blocks if block.kind == "local_name"}
+        local_names = {name: self._credentials(names, name)
+                       for block in config.blocks if block.kind == "local_name"
+                       for name in block.name.split() if "*" not in name}
         return tls_listeners(config, self._credentials(names), local_names)
 
     def _credentials(self, names: SettingNames,
@@ -351,3 +493,4 @@ def _master_alive(pid_file: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+

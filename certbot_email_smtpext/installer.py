@@ -28,9 +28,10 @@ from certbot_email_smtpext.checks import (
     dns_names,
     key_algorithm,
     leaf_certificate,
+    server_certificate_problem,
 )
 from certbot_email_smtpext.dovecot import DEFAULT_CONFIG, Dovecot
-from certbot_email_smtpext.listeners import TlsListener
+from certbot_email_smtpext.listeners import SniEntry, TlsListener
 from certbot_email_smtpext.postfix import DEFAULT_CONFIG_DIR, Postfix
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ _DANE_HELP = ("What to do when TLSA records (usage 3) pin a key the new certific
               "have: warn, refuse (no edit, no reload), or off (no TLSA lookups).")
 _DANE_RESOLVER_HELP = ("The DNS server (IP, IP:port or [IPv6]:port) asked for TLSA records; "
                        "default: the system resolver.")
+_TAKE_OVER_SNI_HELP = ("When the certificate's names already have SNI entries of your own "
+                       "(Dovecot local_name blocks, tables in tls_server_sni_maps), serve the "
+                       "new certificate to those clients from certbot-email's own SNI entries, "
+                       "which win over yours, instead of refusing. Yours stay as they are.")
 DANE_MODES = ("warn", "refuse", "off")
 #: A probe: a listener, and the key type the client restricts itself to (None: any).
 Probe = tuple[TlsListener, str | None]
@@ -57,6 +62,7 @@ class MailDaemon(Protocol):
     name: str
     executables: tuple[str, ...]
     config_dir: str
+    config_file: str
 
     def names(self) -> set[str]:
         """Host names the daemon's config declares."""
@@ -75,19 +81,30 @@ class MailDaemon(Protocol):
     def reload(self) -> None:
         """Reload the running daemon, or start it."""
 
+    def sni_entries(self, server_names: Iterable[str]) -> dict[str, SniEntry]:
+        """name -> the SNI entry (ours or the admin's) clients asking for it get."""
+
+    def prune(self, apply: bool) -> list[str]:
+        """Our SNI entries whose files are gone; removed when apply. A line per entry."""
+
 
 class MailInstaller(common.Installer):
     """Shared glue for one or more mail daemons that serve the certificate of one lineage."""
 
+    #: The option that names each daemon's config, for messages.
+    config_options: dict[str, str] = {}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.daemons = self._make_daemons()
+        self.daemons = self.make_daemons(self.conf)
         self._deployed: KeyAndChain | None = None  # certbot calls deploy_cert once per name
-        self._dane_warned: set[str] = set()  # deploy_cert and restart judge the same pins
+        self._warned: set[str] = set()  # deploy_cert and restart judge the same pins, SNI
 
+    @classmethod
     @abc.abstractmethod
-    def _make_daemons(self) -> list[MailDaemon]:
-        """The daemons this installer drives, from its options."""
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
+        """The daemons this installer drives, from its options (conf: option -> value, None
+        for an option a renewal configuration leaves out because it has its default)."""
 
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None]) -> None:
@@ -96,22 +113,30 @@ class MailInstaller(common.Installer):
         add("alt-cert-name", default=None, metavar="CERT_NAME", help=_ALT_CERT_NAME_HELP)
         add("dane", default="warn", choices=DANE_MODES, help=_DANE_HELP)
         add("dane-resolver", default=None, metavar="ADDRESS", help=_DANE_RESOLVER_HELP)
+        add("take-over-sni", action="store_true", default=False, help=_TAKE_OVER_SNI_HELP)
 
     def _reload_only(self) -> bool:
         """Whether this run must leave every config file alone."""
         return bool(self.conf("reload-only"))
 
     def prepare(self) -> None:
-        """Find the tools, undo a crashed run's half-made edits, lock and test the configs."""
+        """Find the tools and config, undo a crashed run's half-made edits, lock, drop SNI
+        entries of deleted lineages, and test the configs."""
         for daemon in self.daemons:
             for executable in daemon.executables:
                 if not util.exe_exists(executable) and not plugin_util.path_surgery(executable):
                     raise errors.NoInstallationError(
                         f"{executable} not found: install {daemon.name} or put it on PATH")
+            if not os.path.isfile(daemon.config_file):
+                raise errors.NoInstallationError(
+                    f"{daemon.config_file} does not exist, so {daemon.name} is not configured "
+                    f"there: configure {daemon.name} first, or name its config with "
+                    f"{self.config_options.get(daemon.name, 'the config option')}")
         if not self._reload_only():
             for daemon in self.daemons:
                 util.lock_dir_until_exit(daemon.config_dir)
         self.recovery_routine()
+        self._prune()
         for daemon in self.daemons:
             try:
                 daemon.config_test()
@@ -151,20 +176,81 @@ class MailInstaller(common.Installer):
                     for problem in check_pair(pair, _now())]
         if problems:
             raise errors.PluginError(f"not deploying {fullchain_path}: " + "; ".join(problems))
+        leaf = leaf_certificate(lineage)
+        refusal = server_certificate_problem(leaf)
+        if refusal:
+            raise errors.PluginError(
+                f"not deploying {fullchain_path}: {refusal}. The {self.name} installer gives "
+                "mail servers their TLS certificate, so it takes only server certificates (a DNS "
+                "name, and serverAuth if the certificate restricts its use); get a certificate "
+                "for an email address with `certbot certonly`, without -i")
         self._refuse_one_key_type_twice(lineage, alternates)
         leaves = {leaf_certificate(pair) for pair in (lineage, *alternates)}
-        leaf = leaf_certificate(lineage)
         server_names = {daemon.name: self._server_names(daemon, leaf) for daemon in self.daemons}
         self._judge_dane(self._planned_owners(server_names, leaf, leaves))
         if self._reload_only():
             self._warn_unless_configured(lineage)
             self._deployed = lineage
             return
+        sni_names = _sni_names(leaf)
+        updates = {daemon.name: self._sni_updates(daemon, sni_names, lineage)
+                   for daemon in self.daemons}
         for daemon in self.daemons:
-            for change in daemon.deploy(key_path, fullchain_path, self._before_edit, self._created,
-                                        server_names[daemon.name], alternates):
+            names = server_names[daemon.name]
+            changes = daemon.deploy(key_path, fullchain_path, self._before_edit, self._created,
+                                    names, alternates)
+            if not names and updates[daemon.name]:
+                changes += daemon.deploy(key_path, fullchain_path, self._before_edit,
+                                         self._created, updates[daemon.name], alternates)
+            for change in changes:
                 logger.info("%s: %s", daemon.name, change)
+            self._refuse_admin_sni(daemon, daemon.sni_entries(sni_names), lineage, after=True)
         self._deployed = lineage
+
+    def _sni_updates(self, daemon: MailDaemon, names: Sequence[str],
+                     lineage: KeyAndChain) -> tuple[str, ...]:
+        """The names whose SNI entries must get the new pairs: ours, and with
+        --<name>-take-over-sni the admin's; refuse (before any edit) for the admin's otherwise."""
+        entries = daemon.sni_entries(names)
+        self._refuse_admin_sni(daemon, entries, lineage)
+        return tuple(entries)
+
+    def _refuse_admin_sni(self, daemon: MailDaemon, entries: dict[str, SniEntry],
+                          lineage: KeyAndChain, after: bool = False) -> None:
+        """Refuse when an SNI entry of the admin's would keep serving another certificate to
+        clients asking for one of the names (after: once ours were written, none may be left)."""
+        take_over = self.conf("take-over-sni")
+        refused = [entry for entry in entries.values() if not entry.ours
+                   and (after or not take_over or not entry.shadowable)]
+        if not refused:
+            return
+        option = f"--{self.name}-take-over-sni"
+        reasons = []
+        for entry in refused:
+            fix = entry.fix.replace("{key}", lineage.key_file).replace(
+                "{chain}", lineage.chain_file)
+            cannot = (f"; {option} cannot win over it, so edit it yourself"
+                      if after or not entry.shadowable else
+                      f", or rerun with {option} to serve the new certificate to those clients "
+                      "from certbot-email's own SNI entry instead")
+            reasons.append(f"{entry.where} gives clients that ask for {entry.name} (SNI) a "
+                           f"certificate of its own: {fix}{cannot}")
+        raise errors.PluginError(f"{daemon.name}: not deploying {lineage.chain_file}, since "
+                                 "clients that send SNI would keep the old certificate: "
+                                 + "; ".join(reasons))
+
+    def _prune(self) -> None:
+        """Drop our SNI entries whose files are gone (certbot delete removes a lineage without
+        telling any installer) before a config test or postmap fails on them."""
+        for daemon in self.daemons:
+            stale = daemon.prune(apply=not self._reload_only())
+            if stale and self._reload_only():
+                raise errors.MisconfigurationError(
+                    "; ".join(stale) + f". --{self.name}-reload-only touches no file: remove "
+                    "that entry yourself (the local_name block; the table's line, then `postmap "
+                    "-F hash:<table>`), or run this command once without the option")
+            for line in stale:
+                logger.warning("%s: removed that SNI entry, since its lineage is gone", line)
 
     def _alternates(self, lineage: KeyAndChain) -> tuple[KeyAndChain, ...]:
         """The --<name>-alt-cert-name lineage's pair, served beside lineage's; () without one."""
@@ -197,7 +283,7 @@ class MailInstaller(common.Installer):
         names = daemon.names()
         if not names or covers(leaf, names):
             return ()
-        sni_names = tuple(name for name in dns_names(leaf) if not name.startswith("*."))
+        sni_names = tuple(_sni_names(leaf))
         if sni_names and not self._reload_only():
             logger.info("%s: %s covers none of %s, the server's own names: keeping its default "
                         "certificate and serving this one to clients that ask for %s (SNI)",
@@ -268,8 +354,8 @@ class MailInstaller(common.Installer):
             f"DANE: senders that check TLSA records will refuse to deliver: {problem}"
             for problem in problems]
         for warning in warnings:
-            if warning not in self._dane_warned:
-                self._dane_warned.add(warning)
+            if warning not in self._warned:
+                self._warned.add(warning)
                 logger.warning("%s", warning)
 
     def _warn_unless_configured(self, lineage: KeyAndChain) -> None:
@@ -281,6 +367,33 @@ class MailInstaller(common.Installer):
                                "change its certificate", listener,
                                ", ".join(p.chain_file for p in listener.credentials) or "nothing",
                                lineage.chain_file)
+
+    def _by_own_names(self, listeners: Sequence[TlsListener]) -> list[TlsListener]:
+        """Each default listener as reached with SNI set to each name of its certificates,
+        which must serve them too, unless an SNI entry gives that name its own (those of ours
+        are listed already; the admin's are named in a warning)."""
+        named = {(listener.daemon, listener.service, listener.server_name)
+                 for listener in listeners if listener.server_name}
+        by_name = []
+        for daemon in self.daemons:
+            defaults = [listener for listener in listeners
+                        if listener.daemon == daemon.name and not listener.server_name]
+            wanted = {listener: [name for pair in listener.credentials
+                                 for name in _sni_names(leaf_certificate(pair))
+                                 if (daemon.name, listener.service, name) not in named]
+                      for listener in defaults}
+            entries = daemon.sni_entries(sorted({name for names in wanted.values()
+                                                 for name in names}))
+            for entry in entries.values():
+                warning = (f"{daemon.name}: clients that ask for {entry.name} (SNI) get the "
+                           f"certificate of {entry.where}, not the default one; not verified")
+                if not entry.ours and warning not in self._warned:
+                    self._warned.add(warning)
+                    logger.warning("%s", warning)
+            by_name += [listener.for_server_name(name, listener.credentials)
+                        for listener, names in wanted.items()
+                        for name in dict.fromkeys(names) if name not in entries]
+        return by_name
 
     def enhance(self, domain: str, enhancement: str,
                 options: str | list[str] | None = None) -> None:
@@ -307,7 +420,10 @@ class MailInstaller(common.Installer):
         return [listener for daemon in self.daemons for listener in daemon.tls_listeners()]
 
     def restart(self) -> None:
-        """Check what the configs name, reload, and wait until every listener serves it."""
+        """Check what the configs name, reload, and wait until every listener serves it, with
+        and without SNI for each of the certificate's names."""
+        if not self._reload_only():
+            self._prune()
         self.config_test()
         listeners = self._listeners()
         problems = _credential_problems(listeners)
@@ -316,13 +432,18 @@ class MailInstaller(common.Installer):
                 "not reloading, so the running daemons keep their current certificate: "
                 + "; ".join(problems))
         self._judge_dane(self._served_owners(listeners))
-        expected = _probes(listeners)
+        expected = _probes(listeners + self._by_own_names(listeners))
         started = time.monotonic()
         for daemon in self.daemons:
             daemon.reload()
         _wait_until_served(expected, started + VERIFY_SECONDS)
         logger.info("%d TLS listeners serve the configured certificate %.2f s after the reload",
                     len(listeners), time.monotonic() - started)
+
+
+def _sni_names(leaf: x509.Certificate) -> list[str]:
+    """The certificate's DNS names a client can send by SNI (wildcards are patterns)."""
+    return [name for name in dns_names(leaf) if not name.startswith("*.")]
 
 
 def _now() -> datetime.datetime:
@@ -404,9 +525,12 @@ class PostfixInstaller(MailInstaller):
         add("config-dir", default=DEFAULT_CONFIG_DIR,
             help="Postfix config directory (postconf -c).")
 
-    def _make_daemons(self) -> list[MailDaemon]:
+    config_options = {"postfix": "--postfix-config-dir"}
+
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
         """One Postfix."""
-        return [Postfix(self.conf("config-dir"))]
+        return [Postfix(conf("config-dir") or DEFAULT_CONFIG_DIR)]
 
 
 class DovecotInstaller(MailInstaller):
@@ -420,9 +544,12 @@ class DovecotInstaller(MailInstaller):
         super().add_parser_arguments(add)
         add("config", default=DEFAULT_CONFIG, help="dovecot.conf of the instance (doveconf -c).")
 
-    def _make_daemons(self) -> list[MailDaemon]:
+    config_options = {"dovecot": "--dovecot-config"}
+
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
         """One Dovecot."""
-        return [Dovecot(self.conf("config"))]
+        return [Dovecot(conf("config") or DEFAULT_CONFIG)]
 
 
 class MailServerInstaller(MailInstaller):
@@ -438,6 +565,34 @@ class MailServerInstaller(MailInstaller):
             help="Postfix config directory (postconf -c).")
         add("dovecot-config", default=DEFAULT_CONFIG, help="dovecot.conf of the instance.")
 
-    def _make_daemons(self) -> list[MailDaemon]:
+    config_options = {"postfix": "--mailserver-postfix-config-dir",
+                      "dovecot": "--mailserver-dovecot-config"}
+
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], Any]) -> list[MailDaemon]:
         """Postfix first, then Dovecot."""
-        return [Postfix(self.conf("postfix-config-dir")), Dovecot(self.conf("dovecot-config"))]
+        return [Postfix(conf("postfix-config-dir") or DEFAULT_CONFIG_DIR),
+                Dovecot(conf("dovecot-config") or DEFAULT_CONFIG)]
+
+
+INSTALLERS: dict[str, type[MailInstaller]] = {
+    "postfix": PostfixInstaller, "dovecot": DovecotInstaller, "mailserver": MailServerInstaller}
+
+
+def prune_for_delete(renewal_file: str) -> Callable[[], list[str]] | None:
+    """For `certbot delete` (hook H6), read before the lineage goes: what removes, once it is
+    gone, the SNI entries of ours that name its files, so no config test fails on them. None
+    when its renewal configuration names none of our installers, or one in reload-only mode."""
+    import configobj  # certbot's own parser for renewal configurations
+    params = configobj.ConfigObj(renewal_file, encoding="utf-8").get("renewalparams", {})
+    name = str(params.get("installer", ""))
+    if name not in INSTALLERS or str(params.get(f"{name}_reload_only")) == "True":
+        return None
+    daemons = INSTALLERS[name].make_daemons(
+        lambda option: params.get(f"{name}_{option.replace('-', '_')}"))
+
+    def prune() -> list[str]:
+        for daemon in daemons:
+            util.lock_dir_until_exit(daemon.config_dir)
+        return [line for daemon in daemons for line in daemon.prune(apply=True)]
+    return prune

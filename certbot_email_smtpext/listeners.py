@@ -40,6 +40,22 @@ class TlsListener:
         return dataclasses.replace(self, credentials=credentials, server_name=server_name)
 
 
+@dataclasses.dataclass(frozen=True)
+class SniEntry:
+    """The SNI entry a client asking for `name` gets: one of ours, or one the admin wrote.
+
+    where: the file and line (or table) that holds it; fix: what the admin changes there, with
+    `{key}` and `{chain}` standing for the files being deployed.
+    shadowable: whether an entry of ours for the name would win over the admin's.
+    """
+
+    name: str
+    ours: bool
+    where: str
+    fix: str = ""
+    shadowable: bool = True
+
+
 def connect_address(listen_address: str) -> str:
     """The loopback address to reach a listener bound to a wildcard, else the bound address."""
     address = listen_address.strip().strip("[]")

@@ -8,13 +8,19 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from certbot import errors
 
 from certbot_email_smtpext import commands
-from certbot_email_smtpext.checks import KeyAndChain, pair_chain_files, read_text
-from certbot_email_smtpext.listeners import TlsListener, TlsStart, connect_address
+from certbot_email_smtpext.checks import (
+    KeyAndChain,
+    missing_files,
+    pair_chain_files,
+    read_text,
+    without_missing,
+)
+from certbot_email_smtpext.listeners import SniEntry, TlsListener, TlsStart, connect_address
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ _SNI_MAP_HEADER = ("# Written by certbot-email (certbot installer): SNI name, th
 #: Commands that answer SMTP on an inet service (postscreen hands STARTTLS to tlsproxy).
 _SMTP_SERVERS = ("smtpd", "postscreen")
 _PARAMETER_LINE = re.compile(r"^(\S+) =(.*)$")
+#: Table types whose source file has one `key value` line per entry.
+_KEYED_SOURCES = ("hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,12 +112,23 @@ def certificate_settings(version: tuple[int, ...], key_path: str, fullchain_path
     return _changed({**settings, **_tls_on(main)}, main)
 
 
+def split_tables(value: str) -> list[str]:
+    """A list of lookup tables (`hash:/a, inline:{ x=y, z=w }`) as one string per table."""
+    return [table for table in re.findall(r"[^\s,{]+(?:\{[^}]*\})?", value) if table]
+
+
+def lookup_keys(name: str) -> list[str]:
+    """What Postfix looks up for an SNI name: the name, then each parent with a leading dot."""
+    labels = name.lower().rstrip(".").split(".")
+    return [".".join(labels)] + ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+
+
 def sni_map_settings(version: tuple[int, ...], map_reference: str,
                      main: Mapping[str, str]) -> dict[str, str]:
     """main.cf values that add our SNI table in front of any the admin has (and offer TLS)."""
     if version < CHAIN_FILES_SINCE:
         raise errors.PluginError(_needs_chain_files(version, "per-name (SNI) certificates"))
-    tables = [table for table in re.split(r"[\s,]+", main.get(SNI_MAPS, "")) if table]
+    tables = split_tables(main.get(SNI_MAPS, ""))
     settings = {} if map_reference in tables else {SNI_MAPS: ", ".join([map_reference, *tables])}
     return _changed({**settings, **_tls_on(main)}, main)
 
@@ -241,7 +260,7 @@ class Postfix:
 
     def __init__(self, config_dir: str) -> None:
         self.config_dir = config_dir
-        self.main_cf = os.path.join(config_dir, "main.cf")
+        self.main_cf = self.config_file = os.path.join(config_dir, "main.cf")
         self.sni_map = os.path.join(config_dir, SNI_MAP_NAME)
         self.sni_map_reference = f"hash:{self.sni_map}"
 
@@ -310,11 +329,66 @@ class Postfix:
                            f"{chain_files_value(pairs)}")
         return changes + self._set(settings, before_edit)
 
-    def sni_entries(self, main: Mapping[str, str]) -> dict[str, tuple[KeyAndChain, ...]]:
+    def our_sni_entries(self, main: Mapping[str, str]) -> dict[str, tuple[KeyAndChain, ...]]:
         """Our SNI table's entries when main.cf uses it; other tables are the admin's."""
-        if self.sni_map_reference not in re.split(r"[\s,]+", main.get(SNI_MAPS, "")):
+        if self.sni_map_reference not in split_tables(main.get(SNI_MAPS, "")):
             return {}
         return parse_sni_map(read_text(self.sni_map) or "")
+
+    def sni_entries(self, server_names: Iterable[str]) -> dict[str, SniEntry]:
+        """name -> the tls_server_sni_maps entry smtpd picks for clients asking for it (the
+        name, then its parent domains with a leading dot, each in every table in order)."""
+        tables = split_tables(self.main_parameters().get(SNI_MAPS, ""))
+        entries = {}
+        for name in server_names:
+            found = next(((key, table) for key in lookup_keys(name) for table in tables
+                          if self._lookup(key, table)), None)
+            if found is None:
+                continue
+            key, table = found
+            if table == self.sni_map_reference:
+                entries[name] = SniEntry(name, True, self.sni_map)
+                continue
+            source = table.partition(":")[2]
+            rebuild = f" and run `postmap -F {table}`" if table.startswith(
+                _KEYED_SOURCES[:-1]) else ""
+            entries[name] = SniEntry(
+                name, False, f"{self._where(key, table)}: the entry for {key} in {table}",
+                f"change it to `{key} {{key}}, {{chain}}`{rebuild}, or remove it"
+                if source.startswith("/") else "point it at {key} and {chain}, or remove it")
+        return entries
+
+    def _lookup(self, key: str, table: str) -> bool:
+        """postmap -q: whether the table has the key (exit status 1 without fatal: it has not)."""
+        done = commands.status(["postmap", "-c", self.config_dir, "-q", key, table])
+        if done.returncode != 0 and "fatal" in done.stderr:
+            raise errors.PluginError(f"cannot look up {key} in {table} ({SNI_MAPS}): "
+                                     f"{done.stderr.strip()}")
+        return done.returncode == 0
+
+    def _where(self, key: str, table: str) -> str:
+        """The file and line of a table's entry, as far as its type tells."""
+        kind, _, path = table.partition(":")
+        if kind == "inline":
+            return f"{self.main_cf} ({SNI_MAPS})"
+        if kind not in _KEYED_SOURCES or not path.startswith("/"):
+            return path if path.startswith("/") else table
+        for number, line in enumerate((read_text(path) or "").splitlines(), 1):
+            fields = line.split(None, 1)
+            if fields and fields[0].lower() == key:
+                return f"{path} line {number}"
+        return path
+
+    def prune(self, apply: bool) -> list[str]:
+        """Our SNI table's entries that name files that are gone (a lineage removed by certbot
+        delete), on which postmap -F would fail; dropped (and the .db rebuilt) when apply."""
+        entries = parse_sni_map(read_text(self.sni_map) or "")
+        stale = missing_files(entries)
+        if stale and apply:
+            _write_private(self.sni_map, render_sni_map(without_missing(entries)))
+            self.rebuild_sni_map()
+        return [f"{self.sni_map}: {name} names {missing}, which no longer exists"
+                for name, missing in stale]
 
     def rebuild_sni_map(self) -> None:
         """postmap -F into a new .db, renamed over the old: smtpd never opens a half-built one."""
@@ -337,11 +411,11 @@ class Postfix:
     def tls_listeners(self) -> list[TlsListener]:
         """The listeners whose served certificate we verify after a reload."""
         main = self.main_parameters()
-        return tls_listeners(main, self.services(), self.sni_entries(main))
+        return tls_listeners(main, self.services(), self.our_sni_entries(main))
 
     def reload(self) -> None:
         """Rebuild our SNI table (renewed files), then postfix reload, or start when stopped."""
-        if self.sni_entries(self.main_parameters()):
+        if self.our_sni_entries(self.main_parameters()):
             self.rebuild_sni_map()
         running = commands.status(["postfix", "-c", self.config_dir, "status"]).returncode == 0
         command = "reload" if running else "start"

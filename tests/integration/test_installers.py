@@ -266,11 +266,13 @@ def test_broken_postfix_config_is_refused_before_any_change(mail_lab, fresh_conf
 
 
 def test_certificate_not_served_after_reload_is_rolled_back(mail_lab, fresh_config, tmp_path):
-    # an admin's `local` block keeps serving the old certificate on 127.0.0.1, whatever we deploy
+    # an admin's `local` block keeps serving the old certificate on 127.0.0.1, whatever we deploy;
+    # after our drop-in, so doveconf does not warn (test_installers_sni_lifecycle: before it)
     conf = mail_lab.dovecot.dir / "dovecot.conf"
     old_chain, old_key = mail_lab.ca.dir / "mail.crt", mail_lab.ca.dir / "mail.key"
     local_block = f"local 127.0.0.1 {{\n{mail_lab.dovecot.cert_settings(old_chain, old_key)}}}\n"
-    conf.write_text(conf.read_text() + local_block)
+    include = f"!include_try {mail_lab.dovecot.dir / 'certbot-email.conf'}\n"
+    conf.write_text(conf.read_text() + include + local_block)
     reload_lab(mail_lab)
     settle(mail_lab, lab_certificate(mail_lab))
     before = snapshot(mail_lab)

@@ -1,12 +1,13 @@
 """Certificate and key file checks the installers run before every reload."""
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certbot_email_smtpext.checks import (
     KeyAndChain,
@@ -16,6 +17,7 @@ from certbot_email_smtpext.checks import (
     key_algorithm,
     leaf_certificate,
     pair_chain_files,
+    server_certificate_problem,
 )
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -28,14 +30,16 @@ def _name(common_name: str) -> x509.Name:
 
 def _certificate(subject: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, issuer: str,
                  issuer_key: ec.EllipticCurvePrivateKey, not_after: datetime.datetime,
-                 ca: bool) -> x509.Certificate:
+                 ca: bool, usages: Sequence[x509.ObjectIdentifier] = ()) -> x509.Certificate:
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(NOW - 30 * DAY).not_valid_after(not_after)
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+        san = x509.RFC822Name(subject) if "@" in subject else x509.DNSName(subject)
+        builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -49,15 +53,18 @@ def pem(*objects: x509.Certificate | ec.EllipticCurvePrivateKey | rsa.RSAPrivate
 
 
 def write_lineage(directory: Path, leaf_not_after: datetime.datetime = NOW + 60 * DAY,
-                  name: str = "mail.example.test", rsa_leaf: bool = False) -> KeyAndChain:
-    """privkey.pem (0600) and fullchain.pem (leaf, intermediate) like a certbot lineage."""
+                  name: str = "mail.example.test", rsa_leaf: bool = False,
+                  usages: Sequence[x509.ObjectIdentifier] = ()) -> KeyAndChain:
+    """privkey.pem (0600) and fullchain.pem (leaf, intermediate) like a certbot lineage.
+
+    A name with `@` gets an rfc822Name SAN (S/MIME); usages become the leaf's EKU."""
     root_key, ca_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     if rsa_leaf:
         leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     intermediate = _certificate("Test Intermediate", ca_key, "Test Root", root_key,
                                 NOW + 365 * DAY, ca=True)
     leaf = _certificate(name, leaf_key, "Test Intermediate", ca_key,
-                        leaf_not_after, ca=False)
+                        leaf_not_after, ca=False, usages=usages)
     directory.mkdir(parents=True, exist_ok=True)
     key_file, chain_file = directory / "privkey.pem", directory / "fullchain.pem"
     key_file.touch(mode=0o600)
@@ -192,3 +199,20 @@ def test_key_algorithm_and_dns_names(tmp_path):
                                               rsa_leaf=True))
     assert (key_algorithm(ecdsa), key_algorithm(rsa_leaf)) == ("EC", "RSA")
     assert dns_names(rsa_leaf) == ["imap.example.test"]
+
+
+def test_server_certificate_needs_a_dns_name_and_server_auth(tmp_path):
+    assert server_certificate_problem(leaf_certificate(write_lineage(tmp_path / "plain"))) is None
+    assert server_certificate_problem(leaf_certificate(write_lineage(
+        tmp_path / "tls", usages=[ExtendedKeyUsageOID.SERVER_AUTH,
+                                  ExtendedKeyUsageOID.CLIENT_AUTH]))) is None
+    smime = leaf_certificate(write_lineage(tmp_path / "smime", name="alice@example.test",
+                                           usages=[ExtendedKeyUsageOID.EMAIL_PROTECTION]))
+    assert server_certificate_problem(smime) == (
+        f"'CN=alice@example.test' (serial {smime.serial_number:x}) is for alice@example.test "
+        "(S/MIME), not for a host name")
+    client = leaf_certificate(write_lineage(tmp_path / "client",
+                                            usages=[ExtendedKeyUsageOID.CLIENT_AUTH]))
+    assert server_certificate_problem(client) == (
+        f"the extended key usage of 'CN=mail.example.test' (serial {client.serial_number:x}) "
+        "(clientAuth) lacks serverAuth, so TLS clients refuse it")

@@ -16,3 +16,12 @@ def test_a_hanging_tool_is_an_error_not_a_hung_renewal(monkeypatch):
     with pytest.raises(errors.PluginError, match="did not finish within 0.2 s"):
         commands.run(["sleep", "5"])
     assert commands.status(["false"]).returncode == 1
+
+
+def test_a_tool_with_no_output_says_where_to_look_and_a_judged_warning_fails():
+    with pytest.raises(errors.PluginError, match=r"exit status 1: no output \(see the mail log\)"):
+        commands.run(["false"])
+    judge = {"Warning: bad": "bad is a failure"}.get
+    assert commands.run(["sh", "-c", "echo fine >&2"], judge) == ""
+    with pytest.raises(errors.PluginError, match="^bad is a failure$"):
+        commands.run(["sh", "-c", "echo 'Warning: bad' >&2; echo 'Warning: bad' >&2"], judge)

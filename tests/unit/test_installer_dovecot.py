@@ -270,3 +270,57 @@ def test_config_takes_services_with_defaults_from_the_named_query(monkeypatch):
         ("service", "pop3-login")]
     assert config.settings["listen"] == "* ::"
     assert len(calls) == 2
+
+
+def test_a_local_name_block_with_several_names_is_parsed_as_one_block():
+    config = dovecot.parse_config("local_name imap.example.test *.example.org {\n"
+                                  "  ssl_cert = </a.pem\n}\nssl = yes\n")
+    assert [(block.kind, block.name) for block in config.blocks] == [
+        ("local_name", "imap.example.test *.example.org")]
+    assert config.settings == {"ssl": "yes"}
+
+
+def test_scan_follows_includes_and_gives_file_line_and_nesting(tmp_path):
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "10-ssl.conf").write_text(
+        "# local_name commented.example.test {\n"
+        "local 192.0.2.1 {\n  local_name \"a.example.test *.b.example.test\" {\n"
+        "    ssl_cert = </a.pem # the admin's\n  }\n}\n")
+    (tmp_path / "ours.conf").write_text("local_name ours.example.test {\n  ssl_cert = </o\n}\n")
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text("ssl = yes\n!include \"conf.d/*.conf\" # the admin's\n!include_try ours.conf\n"
+                    "!include_try missing.conf\nlocal_name mail.example.test {\n"
+                    "  ssl_key = </k.pem\n}\n")
+    blocks = dovecot.scan_blocks(str(conf), [str(tmp_path / "ours.conf")])
+    assert [(block.file, block.line, block.end, block.kind, block.names, block.enclosing,
+             block.settings) for block in blocks] == [
+        (str(conf_d / "10-ssl.conf"), 3, 5, "local_name", ("a.example.test", "*.b.example.test"),
+         ("local 192.0.2.1",), {"ssl_cert"}),
+        (str(conf_d / "10-ssl.conf"), 2, 6, "local", ("192.0.2.1",), (), set()),
+        (str(conf), 5, 7, "local_name", ("mail.example.test",), (), {"ssl_key"}),
+    ]
+    assert str(blocks[2]) == f"{conf} line 5 (`local_name mail.example.test {{`)"
+
+
+@pytest.mark.parametrize("pattern, name, found", [
+    ("mail.example.test", "MAIL.example.test", True), ("*.example.test", "a.example.test", True),
+    ("*.example.test", "example.test", False), ("mail.example.test", "mail.example.org", False),
+])
+def test_local_name_patterns(pattern, name, found):
+    assert dovecot.matches(pattern, name) is found
+
+
+def test_a_block_doveconf_shows_but_the_scan_cannot_locate_is_the_admins(tmp_path, monkeypatch):
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text("ssl = yes\n")
+    daemon = dovecot.Dovecot(str(conf))
+    monkeypatch.setattr(daemon, "setting_names", lambda: dovecot.setting_names((2, 3)))
+    monkeypatch.setattr(daemon, "doveconf", lambda *arguments: (
+        "local 192.0.2.1 {\n  local_name mail.example.test {\n    ssl_cert = </a.pem\n  }\n}\n"))
+    entry = daemon.sni_entries(["mail.example.test", "other.example.test"])
+    assert list(entry) == ["mail.example.test"]
+    assert not entry["mail.example.test"].ours and not entry["mail.example.test"].shadowable
+    assert entry["mail.example.test"].where == (
+        "a `local_name mail.example.test {` block that `doveconf -n` shows (in a file not found "
+        "from dovecot.conf's includes)")

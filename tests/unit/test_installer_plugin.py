@@ -4,6 +4,7 @@ The daemons are fakes that keep their "config" in a real file, so certbot's real
 it up and restores it; what a listener "serves" is whatever the fake loaded at its last reload.
 """
 import argparse
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,10 @@ class FakeDaemon:
     def __init__(self, config_dir: Path, serving: dict[tuple[str, int], x509.Certificate]) -> None:
         self.config_dir = str(config_dir)
         self.config = config_dir / "fake.conf"
+        self.config_file = str(self.config)
+        self.sni: dict[str, installer.SniEntry] = {}  # what sni_entries answers
+        self.stale: list[str] = []  # what prune finds; emptied when it applies
+        self.deployed_calls: list[tuple[str, ...]] = []  # server_names of each deploy
         self.dropin = config_dir / "fake-dropin.conf"
         self.serving = serving
         self.reloads = 0
@@ -43,11 +48,21 @@ class FakeDaemon:
                alternates: Sequence[KeyAndChain] = ()) -> list[str]:
         self.deploys += 1
         self.deployed_names, self.deployed_alternates = server_names, alternates
+        self.deployed_calls.append(tuple(server_names))
         before_edit(str(self.config))
         self.config.write_text(f"{key_path} {fullchain_path}\n")
         created(str(self.dropin))
         self.dropin.write_text("ours\n")
         return [f"{self.config}: {fullchain_path}"]
+
+    def sni_entries(self, server_names: Sequence[str]) -> dict[str, installer.SniEntry]:
+        return {name: self.sni[name] for name in server_names if name in self.sni}
+
+    def prune(self, apply: bool) -> list[str]:
+        stale = list(self.stale)
+        if apply:
+            self.stale.clear()
+        return stale
 
     def config_test(self) -> None:
         if self.config_broken:
@@ -71,8 +86,9 @@ class FakeInstaller(installer.MailInstaller):
 
     daemon: FakeDaemon
 
-    def _make_daemons(self) -> list[installer.MailDaemon]:
-        return [self.daemon]
+    @classmethod
+    def make_daemons(cls, conf: Callable[[str], object]) -> list[installer.MailDaemon]:
+        return [cls.daemon]
 
 
 @pytest.fixture
@@ -85,6 +101,19 @@ def serving(monkeypatch) -> dict:
     monkeypatch.setattr(tls_probe, "served_certificate", probe)
     monkeypatch.setattr(installer, "VERIFY_SECONDS", 0.0)
     return served
+
+
+@pytest.fixture
+def probed(serving, monkeypatch) -> list[str | None]:
+    """The SNI name (None: none) of every probe the installer makes."""
+    names: list[str | None] = []
+    fake_probe = tls_probe.served_certificate
+
+    def probe(listener: TlsListener, key_algorithm: str | None = None) -> x509.Certificate:
+        names.append(listener.server_name)
+        return fake_probe(listener, key_algorithm)
+    monkeypatch.setattr(tls_probe, "served_certificate", probe)
+    return names
 
 
 @pytest.fixture
@@ -106,11 +135,12 @@ def certbot_config(tmp_path: Path, **options: object) -> NamespaceConfig:
 
 
 def make_installer(tmp_path: Path, serving: dict, old: KeyAndChain, reload_only: bool = False,
-                   daemon: FakeDaemon | None = None) -> FakeInstaller:
+                   daemon: FakeDaemon | None = None, take_over_sni: bool = False,
+                   ) -> FakeInstaller:
     """An installer over a fake daemon that serves `old`, with certbot's dirs under tmp_path."""
     if daemon is None:
         etc = tmp_path / "etc"
-        etc.mkdir(exist_ok=True)
+        etc.mkdir(parents=True, exist_ok=True)
         daemon = FakeDaemon(etc, serving)
         daemon.config.write_text(f"{old.key_file} {old.chain_file}\n")
         daemon.reload()
@@ -118,7 +148,9 @@ def make_installer(tmp_path: Path, serving: dict, old: KeyAndChain, reload_only:
     FakeInstaller.daemon = daemon
     plugin = FakeInstaller(certbot_config(tmp_path, fake_reload_only=reload_only,
                                           fake_alt_cert_name=None, fake_dane="off",
-                                          fake_dane_resolver=None), "fake")
+                                          fake_dane_resolver=None,
+                                          fake_take_over_sni=take_over_sni),
+                           "fake")
     plugin.prepare()
     return plugin
 
@@ -266,7 +298,7 @@ def test_no_enhancements(tmp_path, serving, old):
         plugin.enhance("mail.example.test", "redirect")
 
 
-COMMON_OPTIONS = ["reload-only", "alt-cert-name", "dane", "dane-resolver"]
+COMMON_OPTIONS = ["reload-only", "alt-cert-name", "dane", "dane-resolver", "take-over-sni"]
 
 
 @pytest.mark.parametrize("plugin_class, options", [
@@ -329,3 +361,127 @@ def test_an_sni_listener_says_which_name_it_is_probed_with():
     listener = TlsListener("postfix", "smtp", "127.0.0.1", 25, TlsStart.SMTP, ())
     assert str(listener.for_server_name("imap.example.test", ())) == \
         "postfix smtp on 127.0.0.1:25 (SMTP STARTTLS, SNI imap.example.test)"
+
+
+def test_a_certificate_for_an_address_is_refused_before_any_edit(tmp_path, serving, old):
+    plugin = make_installer(tmp_path, serving, old)
+    original = plugin.daemon.config.read_bytes()
+    smime = write_lineage(tmp_path / "smime", name="alice@example.test")
+    with pytest.raises(errors.PluginError, match=r"is for alice@example.test \(S/MIME\), not for "
+                       r"a host name\. The fake installer .* `certbot certonly`, without -i"):
+        plugin.deploy_cert("alice@example.test", "/unused", smime.key_file, None,
+                           smime.chain_file)
+    assert plugin.daemon.deploys == 0
+    assert plugin.daemon.config.read_bytes() == original
+
+
+def test_a_missing_config_file_is_named_in_prepare(tmp_path, serving, old):
+    plugin = make_installer(tmp_path, serving, old)
+    plugin.daemon.config.unlink()
+    with pytest.raises(errors.NoInstallationError,
+                       match=f"{plugin.daemon.config} does not exist, so fake is not configured"):
+        plugin.prepare()
+
+
+ADMIN_ENTRY = installer.SniEntry("mail.example.test", False, "/etc/fake/sni line 3",
+                                 "point it at {key} and {chain}")
+
+
+def test_an_admin_sni_entry_for_the_name_is_refused_before_any_edit(tmp_path, serving, old, new):
+    plugin = make_installer(tmp_path, serving, old)
+    original = plugin.daemon.config.read_bytes()
+    plugin.daemon.sni = {"mail.example.test": ADMIN_ENTRY}
+    with pytest.raises(errors.PluginError) as refused:
+        deploy(plugin, new)
+    assert str(refused.value) == (
+        f"fake: not deploying {new.chain_file}, since clients that send SNI would keep the old "
+        "certificate: /etc/fake/sni line 3 gives clients that ask for mail.example.test (SNI) a "
+        f"certificate of its own: point it at {new.key_file} and {new.chain_file}, or rerun "
+        "with --fake-take-over-sni to serve the new certificate to those clients from "
+        "certbot-email's own SNI entry instead")
+    assert plugin.daemon.deploys == 0
+    assert plugin.daemon.config.read_bytes() == original
+
+
+def test_our_sni_entry_and_with_take_over_the_admins_get_the_new_pairs(tmp_path, serving, old,
+                                                                       new):
+    for entry, take_over in ((installer.SniEntry("mail.example.test", True, "ours"), False),
+                             (ADMIN_ENTRY, True)):
+        plugin = make_installer(tmp_path / str(take_over), serving, old,
+                                take_over_sni=take_over)
+        plugin.daemon.sni = {"mail.example.test": entry}
+
+        def deploy_and_take_over(*args, deploy=plugin.daemon.deploy, daemon=plugin.daemon):
+            daemon.sni = {"mail.example.test": installer.SniEntry("mail.example.test", True,
+                                                                  "ours")}
+            return deploy(*args)
+        plugin.daemon.deploy = deploy_and_take_over  # type: ignore[method-assign]
+        deploy(plugin, new)
+        assert plugin.daemon.deployed_calls == [(), ("mail.example.test",)]
+
+
+def test_take_over_that_does_not_win_is_refused(tmp_path, serving, old, new):
+    plugin = make_installer(tmp_path, serving, old, take_over_sni=True)
+    plugin.daemon.sni = {"mail.example.test": ADMIN_ENTRY}
+    with pytest.raises(errors.PluginError, match="--fake-take-over-sni cannot win over it, so "
+                       "edit it yourself"):
+        deploy(plugin, new)
+    unshadowable = dataclasses.replace(ADMIN_ENTRY, shadowable=False)
+    plugin.daemon.sni = {"mail.example.test": unshadowable}
+    plugin.daemon.deploys = 0
+    with pytest.raises(errors.PluginError, match="cannot win over it"):
+        deploy(plugin, new)
+    assert plugin.daemon.deploys == 0
+
+
+def test_entries_of_deleted_lineages_are_pruned_before_the_config_test(tmp_path, serving, old,
+                                                                       caplog):
+    plugin = make_installer(tmp_path, serving, old)
+    plugin.daemon.stale = ["/etc/fake/sni: gone.example.test names /x, which no longer exists"]
+    plugin.daemon.config_broken = True  # what the stale entry would do to the config test
+    original_test = plugin.daemon.config_test
+    plugin.daemon.config_test = lambda: (  # type: ignore[method-assign]
+        original_test() if plugin.daemon.stale else None)
+    with caplog.at_level(logging.WARNING):
+        plugin.prepare()
+    assert plugin.daemon.stale == []
+    assert "gone.example.test names /x, which no longer exists: removed that SNI entry" \
+        in caplog.text
+
+
+def test_reload_only_refuses_to_prune_and_says_what_to_remove(tmp_path, serving, old):
+    plugin = make_installer(tmp_path, serving, old)
+    plugin.daemon.stale = ["/etc/fake/sni: gone.example.test names /x, which no longer exists"]
+    with pytest.raises(errors.MisconfigurationError, match="--fake-reload-only touches no file"):
+        make_installer(tmp_path, serving, old, reload_only=True, daemon=plugin.daemon)
+    assert plugin.daemon.stale
+
+
+def test_restart_probes_each_certificate_name_by_sni_and_without(tmp_path, serving, probed, old,
+                                                                 new, caplog):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    plugin.restart()
+    assert set(probed) == {None, "mail.example.test"}
+    probed.clear()
+    plugin.daemon.sni = {"mail.example.test": ADMIN_ENTRY}
+    with caplog.at_level(logging.WARNING):
+        plugin.restart()
+    assert set(probed) == {None}
+    assert "clients that ask for mail.example.test (SNI) get the certificate of /etc/fake/sni " \
+           "line 3, not the default one; not verified" in caplog.text
+
+
+def test_delete_prunes_the_daemons_its_renewal_conf_names(tmp_path):
+    renewal = tmp_path / "lineage.conf"
+    renewal.write_text("[renewalparams]\ninstaller = mailserver\n"
+                       "mailserver_postfix_config_dir = /srv/postfix\n")
+    assert installer.prune_for_delete(str(renewal)) is not None
+    for params in ("installer = mailserver\nmailserver_reload_only = True\n",
+                   "installer = nginx\n", ""):
+        renewal.write_text(f"[renewalparams]\n{params}")
+        assert installer.prune_for_delete(str(renewal)) is None
+    daemons = installer.MailServerInstaller.make_daemons(
+        {"postfix-config-dir": "/srv/postfix"}.get)
+    assert [daemon.config_file for daemon in daemons] == ["/srv/postfix/main.cf",
+                                                          "/etc/dovecot/dovecot.conf"]

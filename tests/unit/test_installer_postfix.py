@@ -196,3 +196,14 @@ def test_each_listener_is_also_verified_per_sni_name():
              if listener.service == "smtp"]
     assert found == [("smtp", None, (KeyAndChain("/etc/ssl/key.pem", "/etc/ssl/chain.pem"),)),
                      ("smtp", "imap.example.test", (RSA,))]
+
+
+def test_table_lists_keep_inline_tables_whole():
+    assert postfix.split_tables("hash:/etc/postfix/sni, inline:{ a.test=/k, b.test=/c } "
+                                "lmdb:/x") == ["hash:/etc/postfix/sni",
+                                               "inline:{ a.test=/k, b.test=/c }", "lmdb:/x"]
+
+
+def test_sni_lookup_keys_are_the_name_then_its_parents_with_a_dot():
+    assert postfix.lookup_keys("Mail.Example.Test.") == ["mail.example.test", ".example.test",
+                                                         ".test"]
