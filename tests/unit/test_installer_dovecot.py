@@ -259,7 +259,7 @@ def test_config_takes_services_with_defaults_from_the_named_query(monkeypatch):
     answers = {(): plain, ("listen", "protocols", "ssl", "service"): DOVECONF_24}
     calls = []
 
-    def doveconf(argv):
+    def doveconf(argv, warning_filter=None):
         calls.append(argv)
         assert argv[:3] == ["doveconf", "-c", "/etc/dovecot/dovecot.conf"]
         return answers[tuple(argv[3:])]
