@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_CERTBOT = ">= 5.3, < 6"
+SUPPORTED_CERTBOT = ">= 2.9, < 6"
 _HOOK_MARK = "__certbot_email_hook__"
 
 
