@@ -5,12 +5,16 @@ hooks, installed when certbot imports one of our plugins, make such names travel
 
 H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot lowercases names)
     and checks it is an address; H1/H2 register the ``email`` identifier and our challenge
-    types; H3 ``make_csr`` writes mailboxes as rfc822Name/SmtpUTF8Mailbox SANs; H4
-    ``get_identifiers_from_x509`` reads them back from CSRs and certificates (renewal,
-    ``certbot certificates``, duplicate detection); H5 ``NewOrder`` sends them as ``email``
-    identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's refusal of ``email``
-    identifiers into a hint, and H6 makes ``certbot delete`` remove our PKCS#12 bundle (it holds
-    the private key) with the lineage. Every hook passes names without ``@`` through untouched.
+    types; H3 ``make_csr`` writes mailboxes as rfc822Name/SmtpUTF8Mailbox SANs; H4, acme's
+    name reader (whichever of its shapes this certbot has), reads them back from CSRs and
+    certificates (renewal, ``certbot certificates``, duplicate detection); H5 ``NewOrder``
+    sends them as ``email`` identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's
+    refusal of ``email`` identifiers into a hint, and H6 makes ``certbot delete`` remove our
+    PKCS#12 bundle (it holds the private key) with the lineage. Every hook passes names
+    without ``@`` through untouched. Where certbot calls a hook for every lineage (H0, H4,
+    H5b), a failure of our part leaves certbot's own answer in place (H4 logs it once), so one
+    odd certificate cannot cost any plugin its lineage. certbot 2.9 to 5.x differ in these
+    internals; each hook looks for what this certbot has, never at its version number.
     Installing never raises: certbot imports us on every run, nginx renewals included. A hook
     that cannot be installed is recorded, and our plugins refuse in ``prepare()``
     (``require_support``); a courtesy hook that cannot be installed is only logged.
