@@ -13,9 +13,10 @@ setup(
                                     "certbot_email_dns", "certbot_email_dns.*",
                                     "certbot_email_smtpext", "certbot_email_smtpext.*"]),
     install_requires=[
-        "certbot>=5.3,<6",
-        "acme>=5.3,<6",
-        "josepy>=2.0",
+        # certbot_compat fits certbot 2.9 (Ubuntu 24.04) to 5.x; 2.9-3.x come with josepy 1.
+        "certbot>=2.9,<6",
+        "acme>=2.9,<6",
+        "josepy>=1.13",
         "cryptography>=43",
         "dnspython>=2.6",
         "imapclient>=3.0",

@@ -5,13 +5,17 @@ hooks, installed when certbot imports one of our plugins, make such names travel
 
 H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot lowercases names)
     and checks it is an address; H1/H2 register the ``email`` identifier and our challenge
-    types; H3 ``make_csr`` writes mailboxes as rfc822Name/SmtpUTF8Mailbox SANs; H4
-    ``get_identifiers_from_x509`` reads them back from CSRs and certificates (renewal,
-    ``certbot certificates``, duplicate detection); H5 ``NewOrder`` sends them as ``email``
-    identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's refusal of ``email``
-    identifiers into a hint, and H6 makes ``certbot delete`` remove our PKCS#12 bundle (it holds
-    the private key) and the mail installers' SNI entries (which would fail ``doveconf -x``)
-    with the lineage. Every hook passes names without ``@`` through untouched.
+    types; H3 ``make_csr`` writes mailboxes as rfc822Name/SmtpUTF8Mailbox SANs; H4, acme's
+    name reader (whichever of its shapes this certbot has), reads them back from CSRs and
+    certificates (renewal, ``certbot certificates``, duplicate detection); H5 ``NewOrder``
+    sends them as ``email`` identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's
+    refusal of ``email`` identifiers into a hint, and H6 makes ``certbot delete`` remove our
+    PKCS#12 bundle (it holds the private key) and the mail installers' SNI entries (which would
+    fail ``doveconf -x``) with the lineage. Every hook passes names without ``@`` through
+    untouched. Where certbot calls a hook for every lineage (H0, H4, H5b), a failure of our
+    part leaves certbot's own answer in place (H4 logs it once), so one odd certificate cannot
+    cost any plugin its lineage. certbot 2.9 to 5.x differ in these internals; each hook looks
+    for what this certbot has, never at its version number.
     Installing never raises: certbot imports us on every run, nginx renewals included. A hook
     that cannot be installed is recorded, and our plugins refuse in ``prepare()``
     (``require_support``); a courtesy hook that cannot be installed is only logged.
@@ -24,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_CERTBOT = ">= 5.3, < 6"
+SUPPORTED_CERTBOT = ">= 2.9, < 6"
 _HOOK_MARK = "__certbot_email_hook__"
 
 
@@ -84,8 +88,12 @@ def _wrap_enforce_domain_sanity(original: Callable[[Union[str, bytes]], str]
     from certbot_email.protocol import identifiers
 
     def enforce_domain_sanity(domain: Union[str, bytes]) -> str:
-        text = domain.decode("utf-8") if isinstance(domain, bytes) else domain
-        if not identifiers.is_mailbox(text):
+        try:
+            text = domain.decode("utf-8") if isinstance(domain, bytes) else domain
+            mailbox = identifiers.is_mailbox(text)
+        except Exception:  # pylint: disable=broad-except
+            mailbox = False  # not text: certbot's own check says what is wrong with it
+        if not mailbox:
             return original(domain)
         try:
             return identifiers.normalize_mailbox(text.strip())
@@ -95,9 +103,15 @@ def _wrap_enforce_domain_sanity(original: Callable[[Union[str, bytes]], str]
 
 
 def _install_name_sanity() -> None:
+    import importlib.util
+
     from certbot import util
-    from certbot._internal import san
-    for module in (util, san):  # san holds its own binding: ``from certbot.util import ...``
+    modules = [util]
+    if importlib.util.find_spec("certbot._internal.san") is not None:
+        # certbot >= 5.2.1 keeps its own binding there: ``from certbot.util import ...``
+        from certbot._internal import san
+        modules.append(san)
+    for module in modules:
         original = module.enforce_domain_sanity
         if _is_hook(original):
             continue
@@ -162,33 +176,82 @@ def _install_make_csr() -> None:
 
 
 # ---- H4: mailboxes read back from CSRs and certificates ----------------------------------
+# certbot reads every lineage's names through one acme function, whose name and shape changed:
+# ``get_identifiers_from_x509(subject, exts)`` -> (dns, ip) (5.2.1+), ``get_names_from_subject_
+# and_extensions(subject, exts)`` -> dns (3.1-5.1), ``_pyopenssl_cert_or_req_all_names(loaded)``
+# -> dns (pyOpenSSL objects, 3.0 and older). The newest one present is the one certbot calls.
 
-def _wrap_get_identifiers(original: Callable[..., tuple[list[str], list[str]]]
-                          ) -> Callable[..., tuple[list[str], list[str]]]:
+#: (error, certbot's names) already logged: renewal reads each lineage's names several times.
+_logged_read_errors: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _mailboxes_beyond(read_extensions: Callable[[], Any], dns_names: list[str]) -> list[str]:
+    """The SAN's mailboxes not already in ``dns_names``; none, logged once, if we cannot read
+    them: every lineage's names pass here, and another lineage must keep certbot's answer."""
     from cryptography import x509
 
     from certbot_email.protocol import csr
-
-    def get_identifiers_from_x509(subject: x509.Name, exts: x509.Extensions
-                                  ) -> tuple[list[str], list[str]]:
-        dns_names, ip_addresses = original(subject, exts)
+    try:
         try:
-            san = exts.get_extension_for_class(x509.SubjectAlternativeName).value
+            san = read_extensions().get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
-            return dns_names, ip_addresses
-        extra = [box for box in csr.mailboxes(san) if box not in dns_names]
-        return dns_names + extra, ip_addresses
+            return []
+        return [box for box in csr.mailboxes(san) if box not in dns_names]
+    except Exception as error:  # pylint: disable=broad-except
+        key = (f"{type(error).__name__}: {error}", tuple(dns_names))
+        if key not in _logged_read_errors:
+            _logged_read_errors.add(key)
+            logger.warning("certbot-email cannot read the email addresses of the certificate "
+                           "or CSR with names [%s] (%s); certbot reads it as it would without "
+                           "certbot-email", ", ".join(dns_names), key[0])
+        return []
+
+
+def _wrap_get_identifiers(original: Callable[..., tuple[list[str], list[str]]]
+                          ) -> Callable[..., tuple[list[str], list[str]]]:
+    def get_identifiers_from_x509(subject: Any, exts: Any) -> tuple[list[str], list[str]]:
+        dns_names, ip_addresses = original(subject, exts)
+        return dns_names + _mailboxes_beyond(lambda: exts, dns_names), ip_addresses
     return _mark(get_identifiers_from_x509)
+
+
+def _wrap_get_names(original: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    def get_names_from_subject_and_extensions(subject: Any, exts: Any) -> list[str]:
+        dns_names = original(subject, exts)
+        return dns_names + _mailboxes_beyond(lambda: exts, dns_names)
+    return _mark(get_names_from_subject_and_extensions)
+
+
+def _wrap_pyopenssl_names(original: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    def _pyopenssl_cert_or_req_all_names(loaded_cert_or_req: Any) -> list[str]:
+        dns_names = original(loaded_cert_or_req)
+        return dns_names + _mailboxes_beyond(
+            lambda: loaded_cert_or_req.to_cryptography().extensions, dns_names)
+    return _mark(_pyopenssl_cert_or_req_all_names)
+
+
+#: The shapes H4 knows, newest first: function name, parameters, wrapper.
+_NAME_READERS: tuple[tuple[str, list[str], Callable[..., Callable[..., Any]]], ...] = (
+    ("get_identifiers_from_x509", ["subject", "exts"], _wrap_get_identifiers),
+    ("get_names_from_subject_and_extensions", ["subject", "exts"], _wrap_get_names),
+    ("_pyopenssl_cert_or_req_all_names", ["loaded_cert_or_req"], _wrap_pyopenssl_names),
+)
 
 
 def _install_get_identifiers() -> None:
     from acme import crypto_util
-    original = crypto_util.get_identifiers_from_x509
-    if _is_hook(original):
+    for name, parameters, wrap in _NAME_READERS:
+        original = getattr(crypto_util, name, None)
+        if original is None:
+            continue
+        if _is_hook(original):
+            return
+        if not _has_parameters(original, parameters):
+            raise LookupError(f"acme.crypto_util.{name} changed its signature")
+        setattr(crypto_util, name, wrap(original))
         return
-    if not _has_parameters(original, ["subject", "exts"]):
-        raise LookupError("acme.crypto_util.get_identifiers_from_x509 changed its signature")
-    crypto_util.get_identifiers_from_x509 = _wrap_get_identifiers(original)
+    raise LookupError("acme.crypto_util has none of "
+                      f"{', '.join(name for name, _, _ in _NAME_READERS)}")
 
 
 # ---- H5: newOrder sends mailboxes as email identifiers -----------------------------------
@@ -239,12 +302,13 @@ def _install_new_order_hint() -> None:
         raise LookupError("acme.client.ClientV2.new_order changed its signature")
 
     def csr_mailboxes(csr_pem: bytes) -> list[str]:
+        """The CSR's mailboxes; none when it has none we can read (the CA's error stands)."""
         try:
             extension = x509.load_pem_x509_csr(csr_pem).extensions.get_extension_for_class(
                 x509.SubjectAlternativeName)
-        except (ValueError, x509.ExtensionNotFound):
+            return csr.mailboxes(extension.value)
+        except Exception:  # pylint: disable=broad-except
             return []
-        return csr.mailboxes(extension.value)
 
     def new_order(self: Any, csr_pem: bytes, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -304,6 +368,16 @@ def _install_delete_files() -> None:
     storage.delete_files = _mark(delete_files)
 
 
+# ---- what an annotated challenge is for ---------------------------------------------------
+
+def challenge_identifier(achall: Any) -> str:
+    """The name a challenge of this order is for: certbot 5.3 added ``achall.identifier`` and
+    deprecated ``achall.domain`` (it warns); older certbot has only ``domain``."""
+    if "identifier" in getattr(type(achall), "__slots__", ()):
+        return str(achall.identifier.value)
+    return str(achall.domain)
+
+
 # ---- certbot's lineage naming, for our prepare() -----------------------------------------
 
 def new_lineage_name(config: Any) -> Optional[str]:
@@ -339,7 +413,7 @@ HOOKS: dict[str, Callable[[], None]] = {
     "H0 enforce_domain_sanity": _install_name_sanity,
     "H1/H2 registrations": _install_registrations,
     "H3 make_csr": _install_make_csr,
-    "H4 get_identifiers_from_x509": _install_get_identifiers,
+    "H4 names read from x509": _install_get_identifiers,
     "H5 NewOrder": _install_new_order,
 }
 #: Hooks that only make mistakes easier to mend: one that cannot be installed costs a hint or a

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import josepy as jose
 from certbot import achallenges, errors
 
+from certbot_email import certbot_compat
 from certbot_email.protocol import keyauth
 from certbot_email.protocol.challenge_mail import MAX_MAIL_BYTES, ExpectedChallenge, Relaxation
 from certbot_email.protocol.challenges import EmailReply00
@@ -117,7 +118,7 @@ def start_responders(settings: FlowSettings, achalls: list[achallenges.Annotated
     joining = keyauth.TokenJoining(settings.token_joining)
     by_mailbox: dict[MailboxSettings, list[PendingAnswer]] = {}
     for achall in achalls:
-        identifier = achall.identifier.value
+        identifier = certbot_compat.challenge_identifier(achall)
         mailbox, smtp = credentials.for_address(identifier)
         expected = ExpectedChallenge(identifier=identifier, sender=achall.chall.sender)
         digest = _Digest(achall.chall, achall.account_key, joining)

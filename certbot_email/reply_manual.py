@@ -10,6 +10,7 @@ import os
 from certbot import achallenges, errors
 from certbot.display import util as display_util
 
+from certbot_email import certbot_compat
 from certbot_email.protocol import keyauth
 from certbot_email.protocol.challenge_mail import (
     ChallengeMail,
@@ -29,7 +30,8 @@ MAIL_FILE_SUFFIXES = (".eml", ".msg", ".txt", ".mbox")
 def answer_by_hand(achall: achallenges.AnnotatedChallenge, judge: ChallengeMailJudge,
                    joining: keyauth.TokenJoining) -> ChallengeMail:
     """Ask for one identifier's challenge mail until one passes, then show the reply to send."""
-    expected = ExpectedChallenge(identifier=achall.identifier.value, sender=achall.chall.sender)
+    expected = ExpectedChallenge(identifier=certbot_compat.challenge_identifier(achall),
+                                 sender=achall.chall.sender)
     judge.expect(expected)
     prompt = (f"The CA mails a challenge from {expected.sender} to {expected.identifier}, with "
               f"the Subject 'ACME: <token>'. Save that mail with all its headers as a file "

@@ -216,7 +216,7 @@ class Authenticator(dns_common.DNSAuthenticator):
         """Add the challenge's TXT record(s) at the (CNAME-followed) owner names."""
         from certbot_email_dns import rfc2136
         assert self._client is not None
-        identifier = achall.identifier.value
+        identifier = certbot_compat.challenge_identifier(achall)
         value = achall.validation(achall.account_key)
         chall = achall.chall
         if isinstance(chall, DNSEmail00):

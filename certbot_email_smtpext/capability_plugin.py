@@ -315,7 +315,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         from certbot_email_smtpext import capability_probe
         accept = (capability_probe.shows_all(self._values) if showing
                   else capability_probe.shows_none(self._values))
-        for name in dict.fromkeys(str(achall.identifier.value) for achall in achalls):
+        for name in dict.fromkeys(map(certbot_compat.challenge_identifier, achalls)):
             for address in self._probe_addresses(name):
                 done, seen = capability_probe.wait_until(
                     self.protocol, address, self.port, self._service in IMPLICIT_TLS_SERVICES,

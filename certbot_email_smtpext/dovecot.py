@@ -344,7 +344,7 @@ class Dovecot:
             elif admin:
                 # only a top-level block of exactly this name merges with ours, and ours is later
                 shadowable = not admin[0].enclosing and admin[0].names == (name,)
-                if shadowable and name in ours and self._setting(names.cert, name) == \
+                if shadowable and name in ours and self._setting(names, names.cert, name) == \
                         f"{names.file_prefix}{ours[name][0].chain_file}":
                     entries[name] = SniEntry(name, True, self.dropin)
                     continue

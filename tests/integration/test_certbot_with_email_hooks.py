@@ -13,20 +13,36 @@ import textwrap
 from pathlib import Path
 
 import certbot
+from acme import crypto_util as acme_crypto_util
 from cryptography import x509
 
 CERTBOT = [str(Path(sys.executable).with_name("certbot"))]
 
-#: certbot with one hook target taken away: ``certbot.util.enforce_domain_sanity`` (the name
-#: certbot's SAN module already bound at import keeps DNS names working, as in a certbot whose
-#: internals moved).
+#: certbot whose internals moved under one hook: acme's ``make_csr`` renamed its first
+#: parameter (certbot passes it by position, so DNS names keep working).
 CERTBOT_WITHOUT_A_HOOK_TARGET = [sys.executable, "-c", textwrap.dedent("""
     import sys
-    import certbot._internal.san, certbot.util
-    del certbot.util.enforce_domain_sanity
+    from acme import crypto_util
+    original = crypto_util.make_csr
+    def make_csr(key_pem, domains=None, must_staple=False, ipaddrs=None):
+        return original(key_pem, domains, must_staple, ipaddrs)
+    crypto_util.make_csr = make_csr
     from certbot.main import main
     sys.exit(main(sys.argv[1:]))
 """)]
+#: The same certbot as if certbot-email were not installed: our entry points are not found.
+CERTBOT_WITHOUT_US = [sys.executable, "-c", textwrap.dedent("""
+    import importlib.metadata, sys
+    every = importlib.metadata.entry_points
+    def entry_points(**selection):
+        return importlib.metadata.EntryPoints(
+            point for point in every(**selection) if not point.value.startswith("certbot_email"))
+    importlib.metadata.entry_points = entry_points
+    from certbot.main import main
+    sys.exit(main(sys.argv[1:]))
+""")]
+#: How ``certbot certificates`` labels a lineage's names (``Domains:`` before certbot 5.3).
+NAMES_LABEL = r"(?:Identifiers|Domains): "
 
 
 def run_certbot(lab, root: Path, *args: str, command=CERTBOT) -> subprocess.CompletedProcess:
@@ -69,8 +85,9 @@ def test_standalone_issuance_of_a_dns_name_is_unaffected(lab, tmp_path):
     assert new_order_payloads(tmp_path)[-1]["identifiers"] == \
         [{"type": "dns", "value": "mail.example.test"}]
     listing = run_certbot(lab, tmp_path, "certificates")
-    # certbot 5 labels the names "Identifiers:", certbot 4 and older "Domains:"
-    assert re.search(r"^ +(Identifiers|Domains): mail\.example\.test$", listing.stdout, re.M)
+    assert re.search(NAMES_LABEL + "mail.example.test\n", listing.stdout), listing.stdout
+    assert listing.stdout == run_certbot(lab, tmp_path, "certificates",
+                                         command=CERTBOT_WITHOUT_US).stdout
 
 
 def test_a_mailbox_is_sent_as_an_email_identifier_with_its_local_part_as_typed(lab, tmp_path):
@@ -98,7 +115,7 @@ def test_missing_hook_target_leaves_other_plugins_working(lab, tmp_path):
     output = refused.stderr + refused.stdout
     assert "email-reply plugin is not working" in output
     assert f"this is certbot {certbot.__version__}" in output
-    assert "enforce_domain_sanity" in output
+    assert "make_csr changed its signature" in output
 
 
 def test_email_reply_is_only_offered_for_mailboxes(lab, tmp_path):
@@ -111,3 +128,65 @@ def test_email_reply_is_only_offered_for_mailboxes(lab, tmp_path):
         "mail.example.test is a host name" in result.stderr + result.stdout
     assert "-a email-dns, -a email-capability" in result.stderr + result.stdout
     assert new_order_payloads(tmp_path) == []
+
+
+def _replace_certificate(lineage_archive: Path, general_names: list) -> None:
+    """Put a certificate with these SANs (same key, a CA of our own) in place of version 1."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = serialization.load_pem_private_key((lineage_archive / "privkey1.pem").read_bytes(),
+                                             None)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "odd mail CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, public_key, extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+                   .public_key(public_key).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=60)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    ca = build(ca_name, ca_key.public_key(), [(x509.BasicConstraints(True, None), True)])
+    leaf = build(x509.Name([]), key.public_key(),
+                 [(x509.SubjectAlternativeName(general_names), False)])
+    (lineage_archive / "cert1.pem").write_bytes(leaf)
+    (lineage_archive / "chain1.pem").write_bytes(ca)
+    (lineage_archive / "fullchain1.pem").write_bytes(leaf + ca)
+
+
+def test_a_lineage_with_a_mailbox_we_cannot_read_is_listed_and_renewed_as_without_us(
+        lab, tmp_path):
+    """Issue 11: an SmtpUTF8Mailbox that is no UTF8String made our name hook raise, and certbot
+    skipped the lineage as unparseable, whatever plugin renews it."""
+    name = "imap.example.test"
+    standalone_issue(lab, tmp_path, name)
+    ia5_mailbox = x509.OtherName(x509.ObjectIdentifier("1.3.6.1.5.5.7.8.9"),
+                                 b"\x16\x10bob@example.test")
+    _replace_certificate(tmp_path / "config" / "archive" / name,
+                         [x509.DNSName(name), ia5_mailbox])
+
+    listing = run_certbot(lab, tmp_path, "certificates")
+    assert listing.returncode == 0, listing.stderr
+    assert "renewal configurations were invalid" not in listing.stdout + listing.stderr
+    log = (tmp_path / "logs" / "letsencrypt.log").read_text()
+    assert log.count("certbot-email cannot read the email addresses") == 1
+    assert listing.stdout == run_certbot(lab, tmp_path, "certificates",
+                                         command=CERTBOT_WITHOUT_US).stdout
+    if not hasattr(acme_crypto_util, "get_names_from_subject_and_extensions"):
+        # certbot <= 3.0 reads names from pyOpenSSL's text dump, which this otherName
+        # garbles: certbot itself finds no name, with us or without, and cannot renew.
+        assert re.search(NAMES_LABEL + "\n", listing.stdout), listing.stdout
+        return
+    assert re.search(NAMES_LABEL + re.escape(name) + "\n", listing.stdout), listing.stdout
+
+    renewed = run_certbot(lab, tmp_path, "renew", "--force-renewal",
+                          "--no-random-sleep-on-renew")
+    assert renewed.returncode == 0, renewed.stderr
+    cert = x509.load_pem_x509_certificate(
+        (tmp_path / "config" / "archive" / name / "cert2.pem").read_bytes())
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName) == [name]

@@ -40,6 +40,7 @@ from tests.integration.smime import assert_signs_verifiable_mail
 from tests.lab.lab import Lab
 from tests.lab.ports import HOST
 from tests.lab.testca import mailbox_credentials, running_test_ca
+from tests.unit.certbot_versions import annotated_challenge
 from tests.unit.test_reply_plugin import option_defaults
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_mailboxes")]
@@ -62,9 +63,7 @@ def achall_for(token2: str, account_key: jose.JWK) -> achallenges.AnnotatedChall
     challb = messages.ChallengeBody(chall=EmailReply00(token=token2, sender=CA),
                                     uri="https://ca.example.test/chall/1",
                                     status=messages.STATUS_PENDING)
-    return achallenges.KeyAuthorizationAnnotatedChallenge(
-        challb=challb, account_key=account_key,
-        identifier=messages.Identifier(typ=identifiers.IDENTIFIER_EMAIL, value=ALICE))
+    return annotated_challenge(challb, account_key, identifiers.IDENTIFIER_EMAIL, ALICE)
 
 
 def start(lab: Lab, tmp_path: Path, work_dir: Path, token2: str, account_key: jose.JWK,
@@ -174,7 +173,8 @@ def test_plugin_perform_answers_a_mail_that_came_before_it(
                    email_reply_lookback_seconds=int(LOOKBACK.total_seconds()),
                    allow_subset_of_names=False, noninteractive_mode=True,
                    config_dir=str(tmp_path / "config"), work_dir=str(work_dir),
-                   logs_dir=str(tmp_path / "logs"), http01_port=80, https_port=443)
+                   logs_dir=str(tmp_path / "logs"), http01_port=80, https_port=443,
+                   domains=None)
     plugin = Authenticator(configuration.NamespaceConfig(argparse.Namespace(**options)),
                            "email-reply")
     plugin.prepare()

@@ -22,6 +22,7 @@ from certbot_email_smtpext import capability_probe, capability_state
 from certbot_email_smtpext.capability_plugin import Authenticator
 from certbot_email_smtpext.postfix import MasterService
 from tests.lab.ports import free_port
+from tests.unit.certbot_versions import annotated_challenge
 from tests.unit.vectors import RFC7638_KEY
 
 VALUE = "ZTRx1Ckl1-tM05o5zaizTTA0yUy5AGereMgSNWC6Ll8"
@@ -269,9 +270,7 @@ def test_prepare_asks_for_srv_names_except_for_smtp(tmp_path):
 def make_achall(chall: object) -> achallenges.KeyAuthorizationAnnotatedChallenge:
     body = messages.ChallengeBody(chall=chall, uri="https://ca.test/chall/1",
                                   status=messages.STATUS_PENDING)
-    return achallenges.KeyAuthorizationAnnotatedChallenge(
-        challb=body, account_key=RFC7638_KEY,
-        identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="mail.example.test"))
+    return annotated_challenge(body, RFC7638_KEY, messages.IDENTIFIER_FQDN, "mail.example.test")
 
 
 @needs_root

@@ -1,5 +1,7 @@
 """The hooks that carry mailboxes through stock certbot, and that they leave DNS names alone."""
 import datetime
+import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -8,8 +10,8 @@ import textwrap
 import pytest
 from acme import crypto_util as acme_crypto_util
 from acme import messages
-from certbot import errors
-from certbot._internal import san, storage
+from certbot import errors, util
+from certbot._internal import storage
 from certbot.tests import util as certbot_test_util
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +35,29 @@ def _original(name):
     assert getattr(hook, "__certbot_email_hook__", False)
     return next(cell.cell_contents for cell in hook.__closure__
                 if callable(cell.cell_contents) and cell.cell_contents.__name__ == name)
+
+
+#: The acme function this certbot reads every certificate's and CSR's names through (H4).
+NAME_READER = next(name for name, _, _ in certbot_compat._NAME_READERS
+                   if hasattr(acme_crypto_util, name))
+
+
+def _read_names(cert_or_csr, reader=None):
+    """The DNS names (ours: and mailboxes) this certbot reads from a certificate or CSR, by
+    the function certbot calls for that, in its shape."""
+    reader = reader or getattr(acme_crypto_util, NAME_READER)
+    if NAME_READER == "get_identifiers_from_x509":
+        return reader(cert_or_csr.subject, cert_or_csr.extensions)[0]
+    if NAME_READER == "get_names_from_subject_and_extensions":
+        return reader(cert_or_csr.subject, cert_or_csr.extensions)
+    from OpenSSL import crypto
+    loaded = (crypto.X509 if isinstance(cert_or_csr, x509.Certificate) else crypto.X509Req)
+    return reader(loaded.from_cryptography(cert_or_csr))
+
+
+def _names_without_us(cert_or_csr):
+    """What this certbot reads with H4 taken out."""
+    return _read_names(cert_or_csr, _original(NAME_READER))
 
 
 def _self_signed(general_names, subject=None):
@@ -67,8 +92,31 @@ def test_identifiers_from_dns_certificate_are_unchanged():
     cert = _self_signed([x509.DNSName("mail.example.test"), x509.DNSName("example.test")],
                         x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME,
                                                       "mail.example.test")]))
-    assert acme_crypto_util.get_identifiers_from_x509(cert.subject, cert.extensions) == \
-        _original("get_identifiers_from_x509")(cert.subject, cert.extensions)
+    assert _read_names(cert) == _names_without_us(cert) == ["mail.example.test", "example.test"]
+
+
+def test_mailboxes_of_a_certificate_are_read_after_its_dns_names():
+    cert = _self_signed([x509.RFC822Name("alice@example.test"), x509.DNSName("example.test")])
+    assert _read_names(cert) == ["example.test", "alice@example.test"]
+
+
+def test_a_mailbox_that_cannot_be_read_leaves_certbot_its_own_names(caplog):
+    """Issue 11: an SmtpUTF8Mailbox that is no UTF8String (here an IA5String) made H4 raise,
+    so certbot skipped that lineage, whatever plugin it uses."""
+    ia5_mailbox = x509.OtherName(csr.OID_SMTP_UTF8_MAILBOX, b"\x16\x10bob@example.test")
+    cert = _self_signed([x509.DNSName("mail.example.test"), ia5_mailbox,
+                         x509.RFC822Name("alice@example.test")])
+    # certbot <= 3.0 parses pyOpenSSL's text dump, which this otherName garbles: it loses all.
+    certbots_own = [] if NAME_READER == "_pyopenssl_cert_or_req_all_names" \
+        else ["mail.example.test"]
+    with caplog.at_level(logging.WARNING, logger="certbot_email.certbot_compat"):
+        for _ in range(3):  # renewal reads a lineage's names several times
+            assert _read_names(cert) == _names_without_us(cert) == certbots_own
+    warnings = [r.getMessage() for r in caplog.records if r.name == "certbot_email.certbot_compat"]
+    assert len(warnings) == 1
+    assert "cannot read the email addresses of the certificate or CSR with names " \
+        f"[{', '.join(certbots_own)}] (ValueError: unexpected ASN.1 type in otherName)" \
+        in warnings[0]
 
 
 def test_mailbox_csr_has_rfc822name_and_no_dns_name():
@@ -87,8 +135,7 @@ def test_non_ascii_local_part_becomes_smtputf8mailbox_and_reads_back():
     request = x509.load_pem_x509_csr(pem)
     names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [n.type_id for n in names] == [csr.OID_SMTP_UTF8_MAILBOX]
-    assert acme_crypto_util.get_identifiers_from_x509(request.subject, request.extensions) == \
-        (["jörg@example.test"], [])
+    assert _read_names(request) == ["jörg@example.test"]
 
 
 def test_key_usage_of_the_profile_is_critical_in_mailbox_csrs(monkeypatch):
@@ -125,24 +172,44 @@ def test_a_profile_serves_one_csr_so_later_lineages_do_not_inherit_it():
         mailbox.extensions.get_extension_for_class(x509.KeyUsage)
 
 
+#: A profile for newOrder where this acme has the field (3.3+), so the kwargs pass through.
+PROFILE = {"profile": ""} if "profile" in messages.NewOrder._fields else {}
+
+
 def test_new_order_retypes_only_names_with_at_sign():
     order = messages.NewOrder(identifiers=[
         messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="alice@example.test"),
         messages.Identifier(typ=messages.IDENTIFIER_FQDN, value="mail.example.test"),
-        messages.Identifier(typ=messages.IDENTIFIER_IP, value="127.0.0.1")], profile="")
+        messages.Identifier(typ=messages.IDENTIFIER_IP, value="127.0.0.1")], **PROFILE)
     assert order.to_partial_json()["identifiers"][0].to_json() == \
         {"type": "email", "value": "alice@example.test"}
     assert [i.typ for i in order.identifiers] == \
         [IDENTIFIER_EMAIL, messages.IDENTIFIER_FQDN, messages.IDENTIFIER_IP]
 
 
-def test_cli_names_keep_the_mailbox_local_part_but_fold_host_names():
-    assert str(san.DNSName("Alice@Example.TEST")) == "Alice@example.test"
-    assert str(san.DNSName("Mail.Example.TEST.")) == "mail.example.test"
+def _san_dns_name(name):
+    from certbot._internal import san
+    return str(san.DNSName(name))
+
+
+#: Where certbot checks a typed name: its util, and since 5.2.1 its SAN class as well.
+NAME_CHECKS = [util.enforce_domain_sanity] + (
+    [_san_dns_name] if importlib.util.find_spec("certbot._internal.san") else [])
+
+
+@pytest.mark.parametrize("check", NAME_CHECKS)
+def test_cli_names_keep_the_mailbox_local_part_but_fold_host_names(check):
+    assert check("Alice@Example.TEST") == "Alice@example.test"
+    assert check("Mail.Example.TEST.") == "mail.example.test"
     with pytest.raises(errors.ConfigurationError, match="wildcard"):
-        san.DNSName("*@example.test")
+        check("*@example.test")
     with pytest.raises(errors.ConfigurationError, match="Non-ASCII"):
-        san.DNSName("bücher.example")  # certbot's own rule still applies to host names
+        check("bücher.example")  # certbot's own rule still applies to host names
+
+
+def test_a_name_that_is_not_text_gets_certbots_own_answer():
+    with pytest.raises(errors.ConfigurationError, match="Non-ASCII"):
+        util.enforce_domain_sanity(b"alice@b\xfccher.example")
 
 
 def _run_isolated(code):
@@ -178,7 +245,7 @@ def test_a_hook_that_raises_while_installing_does_not_break_the_import():
         from certbot_email import certbot_compat
         def explode():
             raise RuntimeError("boom")
-        certbot_compat.HOOKS["H4 get_identifiers_from_x509"] = explode
+        certbot_compat.HOOKS["H4 names read from x509"] = explode
         from certbot_email import reply_plugin
         print(certbot_compat.unsupported_reason())
     """)
@@ -232,6 +299,18 @@ def test_other_order_refusals_pass_through_unchanged(names, code):
     with pytest.raises(messages.Error) as raised:
         _client_refusing_orders(code).new_order(acme_crypto_util.make_csr(KEY_PEM, names))
     assert raised.value.code == code
+
+
+def test_a_refusal_of_a_csr_whose_mailbox_cannot_be_read_passes_through_unchanged():
+    ia5_mailbox = x509.OtherName(csr.OID_SMTP_UTF8_MAILBOX, b"\x16\x10bob@example.test")
+    request = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.DNSName("mail.example.test"), ia5_mailbox]), critical=False)
+               .sign(KEY, hashes.SHA256()))
+    with pytest.raises(messages.Error) as raised:
+        _client_refusing_orders("malformed").new_order(
+            request.public_bytes(serialization.Encoding.PEM))
+    assert raised.value.code == "malformed"
 
 
 class TestDeleteRemovesTheBundle(certbot_test_util.ConfigTestCase):

@@ -19,6 +19,7 @@ from certbot import achallenges, errors
 from certbot_email import certbot_compat
 from certbot_email.protocol.challenges import DNSEmail00, DNSEmail00Response
 from certbot_email_dns import plugin, rfc2136
+from tests.unit.certbot_versions import annotated_challenge
 from tests.unit.test_email_dns_fakes import FakeServer
 from tests.unit.test_email_dns_rfc2136 import SECRET
 from tests.unit.vectors import RFC7638_KEY
@@ -52,9 +53,7 @@ def make_achall(chall: challenges.Challenge, host: str = HOST
                 ) -> achallenges.KeyAuthorizationAnnotatedChallenge:
     body = messages.ChallengeBody(chall=chall, uri="https://ca.test/chall/1",
                                   status=messages.STATUS_PENDING)
-    return achallenges.KeyAuthorizationAnnotatedChallenge(
-        challb=body, account_key=RFC7638_KEY,
-        identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=host))
+    return annotated_challenge(body, RFC7638_KEY, messages.IDENTIFIER_FQDN, host)
 
 
 @pytest.fixture(name="server")

@@ -131,7 +131,7 @@ def certbot_config(tmp_path: Path, **options: object) -> NamespaceConfig:
     return NamespaceConfig(argparse.Namespace(
         config_dir=str(tmp_path / "certbot"), work_dir=str(tmp_path / "work"),
         logs_dir=str(tmp_path / "logs"), server="https://ca.test/dir", strict_permissions=False,
-        http01_port=80, https_port=443, **options))
+        http01_port=80, https_port=443, domains=None, **options))
 
 
 def make_installer(tmp_path: Path, serving: dict, old: KeyAndChain, reload_only: bool = False,

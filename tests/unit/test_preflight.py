@@ -2,11 +2,11 @@
 import os
 
 import pytest
-from certbot._internal import san
 from certbot.tests import util as certbot_test_util
 
 from certbot_email import preflight
 from certbot_email.transport import MailboxSettings, TransportError, mailbox, smtp
+from tests.unit.certbot_versions import config_name
 from tests.unit.test_reply_plugin import PluginCase, write_private
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -44,7 +44,7 @@ class PreflightCase(PluginCase):
             raise self.mailbox_login_error
 
     def request(self, *names: str) -> None:
-        self.config.domains = [san.DNSName(name) for name in names]
+        self.config.domains = [config_name(name) for name in names]
 
     def refusal(self) -> str:
         with pytest.raises(preflight.PrepareError) as raised:

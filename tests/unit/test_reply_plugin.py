@@ -29,6 +29,7 @@ from certbot_email.transport import (
 )
 from certbot_email.transport import responder as responder_module
 from certbot_email.transport.smtp import SmtpSettings
+from tests.unit.certbot_versions import annotated_challenge
 from tests.unit.challenge_mails import ALICE, CA, TOKEN1, Keys, headers, mail, sign
 
 BOB = "bob@example.com"
@@ -300,9 +301,7 @@ def achall(address: str, token2: str = TOKEN2) -> achallenges.AnnotatedChallenge
     challb = messages.ChallengeBody(chall=EmailReply00(token=token2, sender=CA),
                                     uri="https://ca.example/chall/1",
                                     status=messages.STATUS_PENDING)
-    return achallenges.KeyAuthorizationAnnotatedChallenge(
-        challb=challb, account_key=ACCOUNT_KEY,
-        identifier=messages.Identifier(typ=identifiers.IDENTIFIER_EMAIL, value=address))
+    return annotated_challenge(challb, ACCOUNT_KEY, identifiers.IDENTIFIER_EMAIL, address)
 
 
 class TestPerform(PluginCase):
