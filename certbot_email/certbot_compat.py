@@ -10,7 +10,9 @@ H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot low
     ``certbot certificates``, duplicate detection); H5 ``NewOrder`` sends them as ``email``
     identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's refusal of ``email``
     identifiers into a hint, and H6 makes ``certbot delete`` remove our PKCS#12 bundle (it holds
-    the private key) with the lineage. Every hook passes names without ``@`` through untouched.
+    the private key) with the lineage, and H7 runs our startup tasks (the repair of a killed
+    email-capability run) in every certbot command, once its directories are locked.
+    Every hook passes names without ``@`` through untouched.
     Installing never raises: certbot imports us on every run, nginx renewals included. A hook
     that cannot be installed is recorded, and our plugins refuse in ``prepare()``
     (``require_support``); a courtesy hook that cannot be installed is only logged.
@@ -291,6 +293,38 @@ def _install_delete_files() -> None:
     storage.delete_files = _mark(delete_files)
 
 
+# ---- H7: startup tasks, run by every certbot command before it touches anything -----------
+
+#: Callables taking certbot's config, registered at import by our plugins (keep them cheap:
+#: every certbot run calls them). An exception is logged, never raised.
+_startup_tasks: list[Callable[[Any], None]] = []
+
+
+def run_at_startup(task: Callable[[Any], None]) -> None:
+    """Have ``task(config)`` run once certbot's work dir is locked, before its command."""
+    if task not in _startup_tasks:
+        _startup_tasks.append(task)
+
+
+def _install_startup() -> None:
+    from certbot._internal import main
+    original = main.make_or_verify_needed_dirs
+    if _is_hook(original):
+        return
+    if not _has_parameters(original, ["config"]):
+        raise LookupError("certbot._internal.main.make_or_verify_needed_dirs changed its "
+                          "signature")
+
+    def make_or_verify_needed_dirs(config: Any) -> None:
+        original(config)  # creates and locks the config and work dirs
+        for task in _startup_tasks:
+            try:
+                task(config)
+            except Exception as error:  # pylint: disable=broad-except
+                logger.error("%s", error)
+    main.make_or_verify_needed_dirs = _mark(make_or_verify_needed_dirs)
+
+
 # ---- certbot's lineage naming, for our prepare() -----------------------------------------
 
 def new_lineage_name(config: Any) -> Optional[str]:
@@ -334,6 +368,7 @@ HOOKS: dict[str, Callable[[], None]] = {
 COURTESY_HOOKS: dict[str, Callable[[], None]] = {
     "H5b newOrder refusal hint": _install_new_order_hint,
     "H6 delete_files": _install_delete_files,
+    "H7 startup tasks": _install_startup,
 }
 
 

@@ -6,7 +6,6 @@ submission, Exim, OpenSMTPD, ...). The port is freed by a Dovecot listener snipp
 The handover leaves the port without a listener for a few milliseconds each way
 (notes/mail-protocol-proof.md §2.2).
 """
-import tempfile
 from typing import Optional, Sequence
 
 from certbot import errors
@@ -16,6 +15,7 @@ from certbot_email_smtpext.capability_dovecot import DovecotSnippet, listener_of
 from certbot_email_smtpext.capability_responder import Advertised, ThreadedResponder, tls_context
 from certbot_email_smtpext.capability_state import (
     ValidationState,
+    make_runtime_dir,
     write_throwaway_certificate,
 )
 
@@ -85,7 +85,7 @@ class StandaloneResponder:
 
     def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
         """Record, free the port, bind it and serve every value."""
-        runtime_dir = tempfile.mkdtemp(prefix="certbot-email-capability-")
+        runtime_dir = make_runtime_dir("root")
         state.begin("standalone", self.release.restore_commands(), runtime_dir)
         context = tls_context(*write_throwaway_certificate(runtime_dir, self.hostname))
         self.release.release(state)

@@ -5,7 +5,9 @@ daemons serve again, and (Postfix and Dovecot backends) that a client looping on
 listener during the whole run never saw a refused connection. The lab is private to this
 module because the tests change Postfix's and Dovecot's configuration.
 """
+import json
 import os
+import pwd
 import re
 import signal
 import smtplib
@@ -265,6 +267,103 @@ def test_run_killed_during_validation_is_repaired_by_the_next_run(mail_lab, test
     assert "Restoring the mail server after an interrupted" in result.stderr
     assert_restored(mail_lab, before, "submission")
     assert_restored(mail_lab, before, "imap")
+
+
+def send_through_submission(lab: Lab, subject: str) -> None:
+    """A real session: STARTTLS, AUTH and a delivered mail."""
+    lab.empty_mailbox("alice")
+    with smtplib.SMTP(HOST, lab.ports.submission, local_hostname=CLIENT_HOSTNAME,
+                      timeout=PATIENCE) as smtp:
+        smtp.starttls(context=lab.client_tls())
+        smtp.login(lab.user("bob").address, lab.user("bob").password)
+        smtp.send_message(lab.message("bob", "alice", subject))
+    assert subject.encode() in lab.wait_for_mail("alice", subject)
+
+
+def test_run_killed_during_validation_is_repaired_by_a_plain_certbot_renew(mail_lab, test_ca,
+                                                                           tmp_path):
+    before = config_files(mail_lab)
+    start_and_signal_during_validation(mail_lab, test_ca, tmp_path, signal.SIGKILL)
+    state_file = tmp_path / "work" / "email-capability" / "state.json"
+    runtime_dir = Path(json.loads(state_file.read_text())["runtime_dir"])
+    assert runtime_dir.parent == Path("/run") and runtime_dir.is_dir()
+    assert config_files(mail_lab) != before, "killed too late: the swap was already undone"
+    # a first issuance leaves no lineage: renew has nothing to renew, and repairs all the same
+    renewed = subprocess.run(
+        [CERTBOT, "renew", "--non-interactive", "--config-dir", str(tmp_path / "config"),
+         "--work-dir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs")],
+        env=certbot_env(test_ca), capture_output=True, text=True, timeout=180, check=False)
+    assert renewed.returncode == 0, renewed.stderr
+    assert "Restoring the mail server after an interrupted" in renewed.stderr
+    assert "No renewals were attempted" in renewed.stdout + renewed.stderr
+    assert not state_file.exists() and not runtime_dir.exists()
+    assert_restored(mail_lab, before, "submission")
+    send_through_submission(mail_lab, "after the repair by certbot renew")
+
+
+@pytest.mark.parametrize("hostile", ["owned by nobody, with a planted record",
+                                     "group-writable and empty"])
+def test_a_state_dir_others_may_write_is_refused_and_its_commands_never_run(
+        mail_lab, test_ca, tmp_path, hostile):
+    before = config_files(mail_lab)
+    state_dir, marker = tmp_path / "state", tmp_path / "planted-command-ran"
+    state_dir.mkdir()
+    if "planted" in hostile:
+        (state_dir / "state.json").write_text(json.dumps(
+            {"backend": "postfix", "after_restore": [["/bin/sh", "-c", f"touch {marker}"]]}))
+        for path in (state_dir, state_dir / "state.json"):
+            os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    else:
+        state_dir.chmod(0o775)
+    result = run_certbot(mail_lab, test_ca, tmp_path, "submission",
+                         "--email-capability-state-dir", str(state_dir))
+    assert result.returncode != 0
+    assert f"refusing the email-capability state directory {state_dir}" in result.stderr
+    assert "root-owned and not group/world writable" in result.stderr
+    assert not marker.exists()
+    assert config_files(mail_lab) == before
+    assert not (tmp_path / "config" / "live").exists()
+
+
+#: Runs argv in a new mount namespace whose /tmp is a fresh tmpfs, as systemd's PrivateTmp=true
+#: gives certbot.service; the directories the test itself uses under /tmp are bound back.
+PRIVATE_TMP = """set -e
+mount --bind /tmp /mnt
+mount -t tmpfs certbot-private-tmp /tmp
+for kept in "$KEEP_1" "$KEEP_2"; do
+    mkdir -p "/tmp/$kept"
+    mount --bind "/mnt/$kept" "/tmp/$kept"
+done
+if [ -n "$PRIVATE_RUN" ]; then mount -t tmpfs certbot-private-run /run; fi
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("private", ["/tmp", "/tmp and /run"])
+def test_postfix_backend_with_a_private_tmp_like_systemd_gives_certbot(mail_lab, test_ca,
+                                                                       tmp_path, private):
+    before = config_files(mail_lab)
+    env = certbot_env(test_ca)
+    env.update(KEEP_1=str(mail_lab.workdir.relative_to("/tmp")),
+               KEEP_2=str(tmp_path.parent.relative_to("/tmp")),  # the test CA's root is there
+               PRIVATE_RUN="1" if "/run" in private else "")
+    env.pop("TMPDIR", None)
+    with ClientLoop("submission", mail_lab.ports.submission) as loop:
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", PRIVATE_TMP, "sh",
+             *certbot_command(mail_lab, test_ca, tmp_path, "submission")],
+            env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "logs" / "letsencrypt.log").read_text()
+    runs_from = re.search(r"The responder for Postfix's spawn runs from (\S+) \(pre-tested as "
+                          r"nobody in /proc/\d+/ns/mnt\)", log)
+    assert runs_from, log[-3000:]
+    parent = mail_lab.postfix.etc if "/run" in private else Path("/run")
+    assert Path(runs_from.group(1)).parent == parent
+    assert loop.failures == []
+    assert 0 < loop.sessions_with_acme < loop.sessions  # the spawned responder answered
+    issued(tmp_path)
+    assert_restored(mail_lab, before, "submission")
 
 
 def dovecot_reloads(lab: Lab) -> int:
