@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import re
+import resource
 import signal
 import smtplib
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,74 @@ def test_pop3_via_standalone_dovecot_listener_handover(mail_lab, test_ca, tmp_pa
         .value.get_values_for_type(x509.DNSName) == [MAIL_HOST]
     assert "capability-pop-00" in (tmp_path / "logs" / "letsencrypt.log").read_text()
     assert_restored(mail_lab, before, service)
+
+
+class IdleFlood:
+    """Threads that keep opening connections to a port from other loopback addresses and hold
+    every one our responder answers without ever saying a word (Dovecot's are let go)."""
+
+    def __init__(self, port: int, sources: Sequence[str], most: int = 1200) -> None:
+        self.port = port
+        self.most = most
+        self.held: list[socket.socket] = []
+        self.turned_away = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(source,), daemon=True)
+                         for source in sources]
+
+    def _run(self, source: str) -> None:
+        while not self._stop.is_set():
+            if len(self.held) >= self.most:
+                self._stop.wait(0.1)
+                continue
+            try:
+                sock = socket.create_connection((HOST, self.port), timeout=2,
+                                                source_address=(source, 0))
+                greeting = sock.recv(200)
+            except OSError:
+                continue
+            if greeting and b"Dovecot" not in greeting:
+                self.held.append(sock)
+                continue
+            self.turned_away += not greeting
+            sock.close()
+
+    def __enter__(self) -> "IdleFlood":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *unused: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        for sock in self.held:
+            sock.close()
+
+
+def systemd_file_limit() -> None:
+    """The soft limit of open files a systemd service (certbot.service) gets: 1024."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
+        resource.RLIMIT_NOFILE)[1]))
+
+
+def test_a_flood_of_idle_connections_does_not_block_the_cas_probe(mail_lab, test_ca, tmp_path):
+    before = config_files(mail_lab)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # room for the flood here
+    try:
+        with IdleFlood(mail_lab.ports.pop3, [f"127.0.0.{n}" for n in range(6, 10)]) as flood:
+            result = subprocess.run(
+                certbot_command(mail_lab, test_ca, tmp_path, "pop3",
+                                "--email-capability-dovecot-listener", "pop3-login/pop3"),
+                env=certbot_env(test_ca), capture_output=True, text=True, timeout=180,
+                check=False, preexec_fn=systemd_file_limit)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.returncode == 0, result.stderr
+    assert flood.turned_away > 0  # it met the caps
+    issued(tmp_path)
+    assert_restored(mail_lab, before, "pop3")
 
 
 def test_a_listener_on_another_port_is_refused_before_any_change(mail_lab, test_ca, tmp_path):
