@@ -193,9 +193,65 @@ def test_restart_fails_when_the_daemon_keeps_serving_the_old_certificate(tmp_pat
     with pytest.raises(errors.PluginError) as failure:
         plugin.restart()
     message = str(failure.value)
-    assert "fake smtps on 127.0.0.1:465 (implicit TLS) serves 'CN=mail.example.test'" in message
-    assert f"(serial {leaf_certificate(old).serial_number:x}) instead of" in message
+    assert ("fake smtps on 127.0.0.1:465 (implicit TLS) still serves 'CN=mail.example.test'"
+            in message)
+    assert (f"(serial {leaf_certificate(old).serial_number:x}), its certificate from before the "
+            "reload, instead of") in message
+    assert "No listener served a wrong certificate: these are slow or did not reload" in message
     assert plugin.daemon.reloads == 1
+
+
+def scripted_probe(monkeypatch, answers: list) -> list:
+    """The TLS probe answers from the list in turn (a certificate, or an error to raise), then
+    repeats the last; returns the list of answers given."""
+    given: list = []
+
+    def probe(listener: TlsListener, key_algorithm: str | None = None) -> x509.Certificate:
+        answer = answers[min(len(given), len(answers) - 1)]
+        given.append(answer)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    monkeypatch.setattr(tls_probe, "served_certificate", probe)
+    return given
+
+
+def test_a_listener_that_is_merely_slow_is_waited_for(tmp_path, serving, old, new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    monkeypatch.setattr(installer, "VERIFY_SECONDS", 60.0)
+    refused = tls_probe.ProbeError("ConnectionRefusedError: [Errno 111] Connection refused")
+    timeout = tls_probe.ProbeError("TimeoutError: _ssl.c:989: The handshake operation timed out")
+    given = scripted_probe(monkeypatch, [leaf_certificate(old), refused, timeout,
+                                         leaf_certificate(old), leaf_certificate(new)])
+    plugin.restart()
+    assert len(given) == 5  # before the reload, then until the new certificate showed
+
+
+def test_a_wrong_certificate_fails_at_once_and_says_so(tmp_path, serving, old, new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    monkeypatch.setattr(installer, "VERIFY_SECONDS", 3600.0)
+    other = leaf_certificate(write_lineage(tmp_path / "other"))
+    given = scripted_probe(monkeypatch, [leaf_certificate(old), other])
+    with pytest.raises(errors.PluginError) as failure:
+        plugin.restart()
+    assert len(given) == 2  # one probe after the reload: no waiting for the deadline
+    message = str(failure.value)
+    assert f"serves 'CN=mail.example.test' (serial {other.serial_number:x}) instead of" in message
+    assert "a wrong certificate, not a slow reload" in message
+
+
+def test_a_listener_without_handshakes_until_the_deadline_is_called_slow(tmp_path, serving, old,
+                                                                          new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    scripted_probe(monkeypatch, [tls_probe.ProbeError("TimeoutError: timed out")])
+    with pytest.raises(errors.PluginError) as failure:
+        plugin.restart()
+    message = str(failure.value)
+    assert "gives no TLS handshake (TimeoutError: timed out) instead of" in message
+    assert "No listener served a wrong certificate: these are slow or did not reload" in message
 
 
 def test_failed_config_test_makes_the_installer_misconfigured(tmp_path, serving, old):
