@@ -75,6 +75,9 @@ class Backend(Protocol):
     def advertise(self, state: "ValidationState", values: Sequence[str]) -> None:
         """Record in ``state``, then change the server so that it shows every value."""
 
+    def settle(self) -> None:
+        """Before the restore: wait until the daemon may be reloaded again without harm."""
+
 
 def _comma_list(text: Optional[str]) -> list[str]:
     """``a, b`` -> [a, b]."""
@@ -316,6 +319,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         if backend is None:
             return False
         real_server_behind, before_commands = True, None
+        backend.settle()
         if isinstance(backend, standalone.StandaloneResponder):
             real_server_behind = bool(backend.release.restore_commands())
             before_commands = backend.stop

@@ -199,6 +199,9 @@ class PostfixSwap:
             self.daemon.postconf("-Me", entry)
         self.daemon.reload()
 
+    def settle(self) -> None:
+        """Postfix may reload again at once."""
+
     def _postconf_command(self, *arguments: str) -> list[str]:
         """A postconf command line for this instance, to be run later (the handover)."""
         return ["postconf", "-c", self.config_dir, *arguments]

@@ -30,6 +30,9 @@ class ListenerRelease:
     def release(self, state: ValidationState) -> None:
         """Make the real server stop listening on the port."""
 
+    def settle(self) -> None:
+        """Wait until the real server may be reloaded again without harm."""
+
 
 class DovecotListenerRelease(ListenerRelease):
     """A Dovecot inet listener switched off by our snippet, on again by restoring it."""
@@ -42,6 +45,9 @@ class DovecotListenerRelease(ListenerRelease):
 
     def restore_commands(self) -> list[list[str]]:
         return [self.snippet.reload_command()]
+
+    def settle(self) -> None:
+        self.snippet.settle()
 
     def release(self, state: ValidationState) -> None:
         found = self.snippet.listener_port(self.service, self.listener)
@@ -99,6 +105,10 @@ class StandaloneResponder:
                 "of it; check --email-capability-dovecot-listener or "
                 "--email-capability-stop-command") from None
         self._responder = responder
+
+    def settle(self) -> None:
+        """Before the restore: whatever the real server needs between two reloads."""
+        self.release.settle()
 
     def stop(self) -> None:
         """Close our sockets, so that restoring the real listener can bind again."""

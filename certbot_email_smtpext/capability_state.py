@@ -240,14 +240,22 @@ def _write_atomically(path: str, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def proc_stat(pid: int | str) -> Optional[tuple[str, list[str]]]:
+    """A process's name and the fields of /proc/PID/stat after it (state, ppid, ...); None if
+    there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as proc:
+            name, _, rest = proc.read().partition(" (")[2].rpartition(")")
+    except OSError:
+        return None
+    return (name, rest.split()) if rest else None
+
+
 def _started(pid: int) -> Optional[str]:
     """When process ``pid`` started (clock ticks since boot), or None if there is none: a pid
     reused by another process does not pass for the run that wrote the record."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as proc_stat:
-            return proc_stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    found = proc_stat(pid)
+    return found[1][19] if found and len(found[1]) > 19 else None
 
 
 def _runtime_dir(record: dict[str, Any]) -> Optional[str]:

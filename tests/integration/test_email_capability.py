@@ -6,6 +6,7 @@ listener during the whole run never saw a refused connection. The lab is private
 module because the tests change Postfix's and Dovecot's configuration.
 """
 import json
+import multiprocessing
 import os
 import pwd
 import re
@@ -459,6 +460,52 @@ def test_broken_snippet_is_refused_before_it_reaches_dovecot(mail_lab, tmp_path)
     assert dovecot_reloads(mail_lab) == reloads
     assert state.restore() == []
     assert state.restore() == []
+    assert_restored(mail_lab, before, "imap")
+
+
+def spin() -> None:
+    """A CPU hog, as on a busy CI machine."""
+    while True:
+        pass
+
+
+RELOAD_ROUNDS = 12
+
+
+def test_dovecot_backend_reloads_under_client_loops_on_a_loaded_machine(mail_lab, tmp_path):
+    """Back-to-back validations while CPU hogs and four clients run: no client is ever refused
+    or told "* BYE Shutting down" (a login process still retrying auth, caught by a reload)."""
+    before = config_files(mail_lab)
+    hogs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(2)]
+    for hog in hogs:
+        hog.start()
+    loops = [ClientLoop("imap", mail_lab.ports.imap) for _ in range(4)]
+    try:
+        for loop in loops:
+            loop.__enter__()
+        for round_number in range(RELOAD_ROUNDS):
+            state = ValidationState(str(tmp_path / "state"),
+                                    reverter.Reverter(plugin_config(tmp_path)))  # type: ignore
+            value = f"round-{round_number}"
+            backend = capability_dovecot.DovecotImap(str(mail_lab.dovecot.config_file))
+            backend.advertise(state, [value])
+            done, seen = capability_probe.wait_until(
+                "imap", HOST, mail_lab.ports.imap, False, capability_probe.shows_all([value]),
+                PATIENCE)
+            assert done, seen
+            backend.settle()  # as the plugin's cleanup does
+            assert state.restore() == []
+            done, seen = capability_probe.wait_until(
+                "imap", HOST, mail_lab.ports.imap, False, lambda values: values == [], PATIENCE)
+            assert done, seen
+            state.finish()
+    finally:
+        for loop in loops:
+            loop.__exit__()
+        for hog in hogs:
+            hog.terminate()
+    assert [failure for loop in loops for failure in loop.failures] == []
+    assert all(loop.sessions_with_acme > 0 for loop in loops)
     assert_restored(mail_lab, before, "imap")
 
 

@@ -391,3 +391,4 @@ def test_a_state_file_others_wrote_is_refused(tmp_path):
     os.chmod(state.path, 0o622)
     with pytest.raises(errors.PluginError, match="writable by its group or others"):
         state.pending()
+
