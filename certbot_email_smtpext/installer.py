@@ -36,10 +36,11 @@ from certbot_email_smtpext.postfix import DEFAULT_CONFIG_DIR, Postfix
 
 logger = logging.getLogger(__name__)
 
-#: How long a reloaded daemon may take before every listener serves the configured certificate.
-#: Only a slow listener (no handshake yet, or still its certificate from before the reload) is
-#: waited for: one that serves any other certificate fails at once.
+#: How long a listener that gives no TLS handshake after the reload is waited for (busy host).
 VERIFY_SECONDS = 60.0
+#: How long a listener may still serve its certificate from before the reload (old processes
+#: finishing); after that the reload did not reach it. Any other certificate fails at once.
+RELOAD_GRACE_SECONDS = 15.0
 _POLL_SECONDS = 0.05
 #: Handshakes run at once: each listener is probed in parallel, every round.
 _PROBE_THREADS = 16
@@ -338,7 +339,7 @@ class MailInstaller(common.Installer):
         with concurrent.futures.ThreadPoolExecutor(len(self.daemons)) as pool:
             for reloaded in [pool.submit(daemon.reload) for daemon in self.daemons]:
                 reloaded.result()  # both reload at once; the first failure is raised
-        _wait_until_served(expected, before, started + VERIFY_SECONDS)
+        _wait_until_served(expected, before, started)
         logger.info("%d TLS listeners serve the configured certificate %.2f s after the reload",
                     len(listeners), time.monotonic() - started)
 
@@ -414,41 +415,47 @@ def _served_now(probes: Iterable[Probe]) -> dict[Probe, x509.Certificate | str]:
 
 
 def _wait_until_served(expected: dict[Probe, set[x509.Certificate]],
-                       before: dict[Probe, x509.Certificate | str], deadline: float) -> None:
+                       before: dict[Probe, x509.Certificate | str], reloaded: float) -> None:
     """Probe each listener until it serves one of its configured leaves.
 
-    A listener that gives no handshake, or still serves what it served ``before`` the reload,
-    is slow: it is probed again until the deadline. One that serves any other certificate is
-    wrong, and fails at once. The error says which of the two it was.
+    A listener that gives no handshake is slow: it is probed again for VERIFY_SECONDS. One that
+    still serves what it served ``before`` the reload is given RELOAD_GRACE_SECONDS. One that
+    serves any other certificate is wrong, and fails at once. The error says which it was.
     """
     pending = dict(expected)
-    slow: dict[Probe, str] = {}
+    last: dict[Probe, str] = {}
     while True:
-        wrong = {}
+        wrong, stale = {}, {}
         for probe, served in _served_now(pending).items():
             if isinstance(served, str):
-                slow[probe] = f"gives no TLS handshake ({served})"
+                last[probe] = f"gives no TLS handshake ({served})"
             elif served in pending[probe]:
                 del pending[probe]
             elif served == before.get(probe):
-                slow[probe] = (f"still serves {describe(served)}, its certificate from before "
-                               "the reload,")
+                stale[probe] = last[probe] = f"serves {describe(served)}"
             else:
                 wrong[probe] = f"serves {describe(served)}"
+        waited = time.monotonic() - reloaded
         if wrong:
             raise errors.PluginError(
                 "after the reload, " + _findings(wrong, expected) + ": a wrong certificate, not "
                 "a slow reload (it is neither the configured one nor the one served before). "
                 "Look for settings that give these listeners another certificate (Dovecot "
                 "local/local_name blocks, Postfix SNI maps).")
+        if stale and waited >= RELOAD_GRACE_SECONDS:
+            raise errors.PluginError(
+                f"{waited:.0f} s after the reload, " + _findings(stale, expected) + ", the "
+                "certificate served before the reload: the daemon did not reload, or a setting "
+                "keeps that certificate for these listeners (Dovecot local/local_name blocks, "
+                "Postfix SNI maps).")
         if not pending:
             return
-        if time.monotonic() >= deadline:
+        if waited >= VERIFY_SECONDS:
             raise errors.PluginError(
-                f"{VERIFY_SECONDS:.0f} s after the reload, "
-                + _findings({probe: slow[probe] for probe in pending}, expected)
-                + ". No listener served a wrong certificate: these are slow or did not reload. "
-                "Check that the daemons run and reload (see their logs).")
+                f"{waited:.0f} s after the reload, "
+                + _findings({probe: last[probe] for probe in pending}, expected)
+                + ". No listener served a wrong certificate: these are slow. Check that the "
+                "daemons run and answer (see their logs).")
         time.sleep(_POLL_SECONDS)
 
 
