@@ -233,14 +233,26 @@ def test_a_wrong_certificate_fails_at_once_and_says_so(tmp_path, serving, old, n
     plugin = make_installer(tmp_path, serving, old)
     deploy(plugin, new)
     monkeypatch.setattr(installer, "VERIFY_SECONDS", 3600.0)
-    other = leaf_certificate(write_lineage(tmp_path / "other"))
+    other = leaf_certificate(write_lineage(tmp_path / "other", name="other.example.test"))
     given = scripted_probe(monkeypatch, [leaf_certificate(old), other])
     with pytest.raises(errors.PluginError) as failure:
         plugin.restart()
     assert len(given) == 2  # one probe after the reload: no waiting for the deadline
     message = str(failure.value)
-    assert f"serves 'CN=mail.example.test' (serial {other.serial_number:x}) instead of" in message
+    assert f"serves 'CN=other.example.test' (serial {other.serial_number:x}) instead of" in message
     assert "a wrong certificate, not a slow reload" in message
+
+
+def test_an_earlier_certificate_for_the_same_names_is_old_processes_finishing(
+        tmp_path, serving, old, new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    monkeypatch.setattr(installer, "VERIFY_SECONDS", 60.0)
+    monkeypatch.setattr(installer, "RELOAD_GRACE_SECONDS", 60.0)
+    older = leaf_certificate(write_lineage(tmp_path / "older"))  # two renewals ago, say
+    given = scripted_probe(monkeypatch, [leaf_certificate(old), older, leaf_certificate(new)])
+    plugin.restart()
+    assert len(given) == 3
 
 
 def test_a_listener_without_handshakes_until_the_deadline_is_called_slow(tmp_path, serving, old,
