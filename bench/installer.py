@@ -125,6 +125,11 @@ def main() -> None:
                     deploy_hook_reload(lab, listeners, new)
                 timings[variant].append(time.perf_counter() - started)
                 load.phase = "idle"
+        daemon_trouble = collections.Counter(
+            line.split(": ", 1)[-1][:110]
+            for log in (lab.postfix.log_path, lab.dovecot.dir / "dovecot.log")
+            for line in log.read_text(errors="replace").splitlines()
+            if any(word in line for word in ("fatal", "Fatal", "throttl", "panic")))
     for hog in hogs:
         hog.terminate()
     print(f"{len(listeners)} TLS listeners (Postfix and Dovecot), {rounds} rounds each, "
@@ -141,6 +146,8 @@ def main() -> None:
     reasons = collections.Counter(error[:150] for error in load.errors)
     for reason, count in reasons.most_common(5):
         print(f"  client handshake failure x{count}: {reason}")
+    for line, count in daemon_trouble.most_common(5):
+        print(f"  daemon log x{count}: {line}")
     for failure in false_failures:
         print(f"    {failure}")
 
