@@ -6,11 +6,14 @@ then either calls the installer's restart() (config tests, file checks, reload, 
 the two reload commands and polls every listener until it serves the new certificate. Variants
 alternate round by round so machine noise hits both alike. Meanwhile --clients threads keep
 handshaking with the listeners, and each variant reports how many of their handshakes failed
-while it ran: a graceful reload drops none.
+while it ran: a graceful reload drops none. --hogs processes spin on the CPU meanwhile, as on a
+busy host; a restart() that fails there is a false failure (the files are fine), and is counted.
 
-    python bench/installer.py [--rounds N] [--clients N]
+    python bench/installer.py [--rounds N] [--clients N] [--hogs N]
 """
 import argparse
+import collections
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from certbot import errors  # noqa: E402
 from certbot.configuration import NamespaceConfig  # noqa: E402
 from cryptography import x509  # noqa: E402
 
@@ -75,15 +79,26 @@ def _serves(listener: TlsListener, certificate: x509.Certificate) -> bool:
         return False
 
 
+def spin() -> None:
+    """A CPU hog: busy until terminated."""
+    while True:
+        pass
+
+
 def main() -> None:
     """Run the rounds and print both medians, their ratio, and failed client handshakes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--hogs", type=int, default=1)
     arguments = parser.parse_args()
     rounds = arguments.rounds
     timings: dict[str, list[float]] = {"installer restart()": [], "deploy-hook reload": []}
+    false_failures: list[str] = []
+    hogs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(arguments.hogs)]
     lab = Lab().start(dns=False, dkim=False, pebble=False)
+    for hog in hogs:
+        hog.start()
     with lab, tempfile.TemporaryDirectory() as scratch:
         state = Path(scratch)
         live = state / "live"
@@ -103,13 +118,23 @@ def main() -> None:
                 load.phase = variant
                 started = time.perf_counter()
                 if version % 2:
-                    installer.restart()
+                    try:
+                        installer.restart()
+                    except errors.PluginError as error:
+                        false_failures.append(str(error))
                 else:
                     deploy_hook_reload(lab, listeners, new)
                 timings[variant].append(time.perf_counter() - started)
                 load.phase = "idle"
+        daemon_trouble = collections.Counter(
+            line.split(": ", 1)[-1][:110]
+            for log in (lab.postfix.log_path, lab.dovecot.dir / "dovecot.log")
+            for line in log.read_text(errors="replace").splitlines()
+            if any(word in line for word in ("fatal", "Fatal", "throttl", "panic")))
+    for hog in hogs:
+        hog.terminate()
     print(f"{len(listeners)} TLS listeners (Postfix and Dovecot), {rounds} rounds each, "
-          f"{arguments.clients} clients handshaking throughout")
+          f"{arguments.clients} clients handshaking throughout, {arguments.hogs} CPU hogs")
     medians = {name: statistics.median(values) for name, values in timings.items()}
     for name, values in timings.items():
         print(f"  {name:22} median {medians[name] * 1000:7.1f} ms   "
@@ -118,6 +143,14 @@ def main() -> None:
               f"of {load.by_phase[name, False] + load.by_phase[name, True]}")
     ratio = medians["installer restart()"] / medians["deploy-hook reload"]
     print(f"  ratio installer/baseline: {ratio:.2f}")
+    print(f"  restart() false failures: {len(false_failures)} of {rounds}")
+    reasons = collections.Counter(error[:150] for error in load.errors)
+    for reason, count in reasons.most_common(5):
+        print(f"  client handshake failure x{count}: {reason}")
+    for line, count in daemon_trouble.most_common(5):
+        print(f"  daemon log x{count}: {line}")
+    for failure in false_failures:
+        print(f"    {failure}")
 
 
 if __name__ == "__main__":

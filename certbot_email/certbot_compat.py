@@ -11,11 +11,13 @@ H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot low
     sends them as ``email`` identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's
     refusal of ``email`` identifiers into a hint, and H6 makes ``certbot delete`` remove our
     PKCS#12 bundle (it holds the private key) and the mail installers' SNI entries (which would
-    fail ``doveconf -x``) with the lineage. Every hook passes names without ``@`` through
-    untouched. Where certbot calls a hook for every lineage (H0, H4, H5b), a failure of our
-    part leaves certbot's own answer in place (H4 logs it once), so one odd certificate cannot
-    cost any plugin its lineage. certbot 2.9 to 5.x differ in these internals; each hook looks
-    for what this certbot has, never at its version number.
+    fail ``doveconf -x``) with the lineage, and H7 runs our startup tasks (the repair of a killed
+    email-capability run) in every certbot command, once its directories are locked. Every hook
+    passes names without ``@`` through untouched. Where certbot calls a hook for every lineage
+    (H0, H4, H5b), a failure of our part leaves certbot's own answer in place (H4 logs it
+    once), so one odd certificate cannot cost any plugin its lineage. certbot 2.9 to 5.x
+    differ in these internals; each hook looks for what this certbot has, never at its version
+    number.
     Installing never raises: certbot imports us on every run, nginx renewals included. A hook
     that cannot be installed is recorded, and our plugins refuse in ``prepare()``
     (``require_support``); a courtesy hook that cannot be installed is only logged.
@@ -378,6 +380,38 @@ def challenge_identifier(achall: Any) -> str:
     return str(achall.domain)
 
 
+# ---- H7: startup tasks, run by every certbot command before it touches anything -----------
+
+#: Callables taking certbot's config, registered at import by our plugins (keep them cheap:
+#: every certbot run calls them). An exception is logged, never raised.
+_startup_tasks: list[Callable[[Any], None]] = []
+
+
+def run_at_startup(task: Callable[[Any], None]) -> None:
+    """Have ``task(config)`` run once certbot's work dir is locked, before its command."""
+    if task not in _startup_tasks:
+        _startup_tasks.append(task)
+
+
+def _install_startup() -> None:
+    from certbot._internal import main
+    original = main.make_or_verify_needed_dirs
+    if _is_hook(original):
+        return
+    if not _has_parameters(original, ["config"]):
+        raise LookupError("certbot._internal.main.make_or_verify_needed_dirs changed its "
+                          "signature")
+
+    def make_or_verify_needed_dirs(config: Any) -> None:
+        original(config)  # creates and locks the config and work dirs
+        for task in _startup_tasks:
+            try:
+                task(config)
+            except Exception as error:  # pylint: disable=broad-except
+                logger.error("%s", error)
+    main.make_or_verify_needed_dirs = _mark(make_or_verify_needed_dirs)
+
+
 # ---- certbot's lineage naming, for our prepare() -----------------------------------------
 
 def new_lineage_name(config: Any) -> Optional[str]:
@@ -421,6 +455,7 @@ HOOKS: dict[str, Callable[[], None]] = {
 COURTESY_HOOKS: dict[str, Callable[[], None]] = {
     "H5b newOrder refusal hint": _install_new_order_hint,
     "H6 delete_files": _install_delete_files,
+    "H7 startup tasks": _install_startup,
 }
 
 

@@ -2,21 +2,28 @@
 
 The IMAP backend writes ``protocol imap { imap_capability = ... }`` with every pending
 ``ACME=<v>`` atom added to the value in force (Dovecot keeps every session alive across a
-reload; notes/mail-protocol-proof.md §2.1). The standalone backend uses the same snippet to
-switch one listener off (``port = 0``) while our responder holds its port (POP3, submission:
-Dovecot cannot add a line to their capability lists, §2.2-2.3).
+reload; notes/mail-protocol-proof.md §2.1). Each of our reloads comes at least
+RELOAD_SPACING_SECONDS after the instance's previous one (``settle``). The standalone backend
+uses the same snippet to switch one listener off (``port = 0``) while our responder holds its
+port (POP3, submission: Dovecot cannot add a line to their capability lists, §2.2-2.3).
 """
 import os
 import re
+import time
 from typing import Callable, Optional, Sequence
 
 from certbot import errors
 
 from certbot_email.protocol.challenges import imap_capability
 from certbot_email_smtpext import dovecot
-from certbot_email_smtpext.capability_state import ValidationState
+from certbot_email_smtpext.capability_state import ValidationState, proc_stat
 
 SNIPPET_NAME = "certbot-email-capability.conf"
+#: lib-auth retries a failed connection to auth after 5 s. A login process started while a reload
+#: had the auth socket away holds its client that long, and a second reload meanwhile makes it
+#: send "* BYE Shutting down" instead of a greeting; so each of our reloads waits this long after
+#: the last reload of the instance (the validation's two, and another run's).
+RELOAD_SPACING_SECONDS = 6.0
 _HEADER = "# Written by certbot-email (email-capability) for one validation; removed after it.\n"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -91,6 +98,29 @@ class DovecotSnippet:
         """What restores the running daemon once the files are back."""
         return ["doveadm", "-c", os.path.abspath(self.config_file), "reload"]
 
+    def seconds_since_reload(self) -> Optional[float]:
+        """How long ago the master last (re)loaded its config, if it runs: every reload starts
+        a new log process."""
+        base_dir = self.daemon.doveconf("-h", "base_dir").strip()
+        try:
+            with open(os.path.join(base_dir, "master.pid"), encoding="ascii") as pid_file:
+                master = pid_file.read().strip()
+            with open("/proc/uptime", encoding="ascii") as uptime_file:
+                uptime = float(uptime_file.read().split()[0])
+        except (OSError, ValueError):
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        ages = [uptime - int(found[1][19]) / ticks
+                for found in map(proc_stat, filter(str.isdigit, os.listdir("/proc")))
+                if found and found[0] == "log" and found[1][1] == master]
+        return min(ages) if ages else None
+
+    def settle(self) -> None:
+        """Wait until a reload harms no login process still retrying to reach auth."""
+        age = self.seconds_since_reload()
+        if age is not None and age < RELOAD_SPACING_SECONDS:
+            time.sleep(RELOAD_SPACING_SECONDS - age)
+
     def begin(self, state: ValidationState) -> None:
         """Record the validation: restoring means putting files back and reloading."""
         state.begin("dovecot", [self.reload_command()], None)
@@ -109,6 +139,7 @@ class DovecotSnippet:
                                      f"loaded and is being removed: {error}") from None
         if before_reload is not None:
             before_reload()
+        self.settle()
         self.daemon.reload()
 
 

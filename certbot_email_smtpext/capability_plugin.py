@@ -5,8 +5,9 @@ validation the service advertises ``ACME <v>`` in EHLO, ``ACME=<v>`` in its IMAP
 or ``ACME <v>`` in POP3 CAPA. Three backends: ``dovecot`` (IMAP: a snippet and a reload),
 ``postfix`` (SMTP: the master.cf service's command swapped to spawn our responder), and
 ``standalone`` (anything else: the real listener lets go of the port and our responder holds
-it). Every change is recorded before it is made and undone in ``cleanup()``, or by the next run
-after a crash. certbot imports this module on every run, so the backends load lazily.
+it). Every change is recorded before it is made and undone in ``cleanup()``, or, after a crash,
+by the next certbot run of any kind (``repair_at_startup``). certbot imports this module on every
+run, so the backends load lazily.
 """
 import logging
 import os
@@ -47,6 +48,25 @@ POSTFIX_MODES = ("responder", "relay")
 #: RFC 7817 and RFC 6186 define no SRV-ID for MTA-to-MTA smtp, so --srv-names skips it.
 NO_SRV_NAME = frozenset({"smtp"})
 DEFAULT_PROBE_TIMEOUT = 10.0
+STATE_DIR_NAME = "email-capability"
+
+
+def repair_at_startup(config: Any) -> None:
+    """Every certbot run, before its command: restore a mail server that a killed validation
+    left changed. Only a stat call or two when no validation ever ran here."""
+    default_dir = os.path.join(config.work_dir, STATE_DIR_NAME)
+    given = getattr(config, "email_capability_state_dir", None)
+    if os.geteuid() != 0 or not (given or os.path.isdir(default_dir)):
+        return
+    from certbot import reverter
+
+    from certbot_email_smtpext import capability_state
+    for state_dir in capability_state.recorded_state_dirs(default_dir, given):
+        capability_state.repair(capability_state.ValidationState(
+            state_dir, reverter.Reverter(config), default_dir))
+
+
+certbot_compat.run_at_startup(repair_at_startup)
 
 
 class Backend(Protocol):
@@ -54,6 +74,9 @@ class Backend(Protocol):
 
     def advertise(self, state: "ValidationState", values: Sequence[str]) -> None:
         """Record in ``state``, then change the server so that it shows every value."""
+
+    def settle(self) -> None:
+        """Before the restore: wait until the daemon may be reloaded again without harm."""
 
 
 def _comma_list(text: Optional[str]) -> list[str]:
@@ -157,9 +180,13 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
                 f"({self.protocol}); use {AUTO_BACKEND[self.protocol]} or standalone")
         return str(backend)
 
+    def _default_state_dir(self) -> str:
+        """Below certbot's work dir, where every later run looks."""
+        return os.path.join(self.config.work_dir, STATE_DIR_NAME)
+
     def _state_dir(self) -> str:
-        """The state directory: given, or below certbot's work dir."""
-        return self.conf("state-dir") or os.path.join(self.config.work_dir, "email-capability")
+        """The state directory: given, or the default."""
+        return self.conf("state-dir") or self._default_state_dir()
 
     def _make_backend(self) -> Backend:
         """The configured backend (its modules are imported only now)."""
@@ -244,23 +271,18 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
             from certbot import reverter
 
             from certbot_email_smtpext.capability_state import ValidationState
-            self._state = ValidationState(self._state_dir(), reverter.Reverter(self.config))
+            self._state = ValidationState(self._state_dir(), reverter.Reverter(self.config),
+                                          self._default_state_dir())
         return self._state
 
     def _repair(self) -> None:
-        """Undo what an earlier run left changed (killed during a validation)."""
+        """Undo what an earlier run left changed, if the startup repair could not; refuse a
+        state directory others may write to (even when it holds no record yet)."""
+        from certbot_email_smtpext import capability_state
         state = self._validation_state()
-        record = state.pending()
-        if record is None:
-            return
-        logger.warning("Restoring the mail server after an interrupted email-capability "
-                       "validation (backend %s, started %s by pid %s)", record.get("backend"),
-                       record.get("started"), record.get("pid"))
-        problems = state.restore()
-        if problems:
-            raise errors.PluginError("Could not restore the mail server after an interrupted "
-                                     "validation: " + "; ".join(problems))
-        state.finish()
+        if os.path.isdir(state.state_dir):
+            capability_state.check_private(state.state_dir)
+        capability_state.repair(state)
 
     def get_chall_pref(self, identifier: str) -> Iterable[type[challenges.Challenge]]:
         """The capability challenge of the configured service's protocol."""
@@ -297,6 +319,7 @@ class Authenticator(common.Plugin, interfaces.Authenticator):
         if backend is None:
             return False
         real_server_behind, before_commands = True, None
+        backend.settle()
         if isinstance(backend, standalone.StandaloneResponder):
             real_server_behind = bool(backend.release.restore_commands())
             before_commands = backend.stop

@@ -15,6 +15,7 @@ responder relays every session to it, adding only the ACME lines to EHLO. The re
 reloads, because removing a service kills its sessions: the public service goes back to smtpd
 first, and the hidden one leaves master.cf once the relayed sessions have ended.
 """
+import logging
 import os
 import pwd
 import shutil
@@ -30,12 +31,15 @@ from certbot import errors
 from certbot_email_smtpext import capability_probe, capability_responder, postfix
 from certbot_email_smtpext.capability_state import (
     RESPONDER_COPY,
+    RUNTIME_PARENT,
     ValidationState,
     make_runtime_dir,
     write_for_group,
     write_throwaway_certificate,
     write_values,
 )
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SPAWN_USER = "nobody"
 HIDDEN_HOST = "127.0.0.1"
@@ -105,13 +109,21 @@ def responder_argv(python: str, runtime_dir: str, hostname: str, values_file: st
 
 
 def pretest(argv: Sequence[str], spawn_user: str, implicit_tls: bool,
-            values: Sequence[str]) -> Optional[str]:
-    """Run ``argv`` once as spawn does (socket on stdin/stdout, as the user); why it failed."""
+            values: Sequence[str], namespace: Optional[str] = None) -> Optional[str]:
+    """Run ``argv`` once as spawn does (socket on stdin/stdout, as the user, in the mount
+    ``namespace`` if given); why it failed."""
     ours, theirs = socket.socketpair()
+    account = pwd.getpwnam(spawn_user)
     try:
-        process = subprocess.Popen(list(argv), stdin=theirs.fileno(), stdout=theirs.fileno(),
-                                   stderr=subprocess.PIPE, user=spawn_user,
-                                   group=_group(spawn_user), extra_groups=[], cwd="/")
+        if namespace:  # nsenter switches the user itself, after entering the namespace
+            process = subprocess.Popen(
+                ["nsenter", f"--mount={namespace}", f"--setgid={account.pw_gid}",
+                 f"--setuid={account.pw_uid}", "--wd=/", "--", *argv],
+                stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, cwd="/")
+        else:
+            process = subprocess.Popen(list(argv), stdin=theirs.fileno(), stdout=theirs.fileno(),
+                                       stderr=subprocess.PIPE, user=spawn_user,
+                                       group=account.pw_gid, extra_groups=[], cwd="/")
     except OSError as error:
         ours.close()
         theirs.close()
@@ -141,11 +153,6 @@ def pretest(argv: Sequence[str], spawn_user: str, implicit_tls: bool,
     return None
 
 
-def _group(user: str) -> int:
-    """The user's primary group id."""
-    return pwd.getpwnam(user).pw_gid
-
-
 class PostfixSwap:
     """One Postfix instance whose service on one port is swapped to the responder and back."""
 
@@ -171,45 +178,89 @@ class PostfixSwap:
         service = find_service(self.daemon.services(), self.port)
         name = f"{service.service}/{service.type}"
         fields = self.daemon.postconf("-M", name).split()
-        hostname = self.daemon.postconf("-h", "myhostname").strip()
+        hostname = self.daemon.postconf("-h", "myhostname").strip() or "localhost"
         entries, relay_to = [], []
         if self.relay:
             port = free_loopback_port()
             entries.append(hidden_entry(fields, port))
             relay_to = ["--relay", f"{HIDDEN_HOST}:{port}"]
-        runtime_dir = make_runtime_dir(self.spawn_user)
+        runtime_dir, argv = self._tested_responder(hostname, values)
         handover = [self._postconf_command("-Me", f"{name} = {' '.join(fields)}"),
                     self.reload_command()] if self.relay else []
-        state.begin("postfix", [self.reload_command()], runtime_dir, handover)
-        entries.append(self._tested_entry(runtime_dir, fields, hostname, values, relay_to))
+        try:
+            state.begin("postfix", [self.reload_command()], runtime_dir, handover)
+        except BaseException:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            raise
+        entries.append(spawn_entry(fields, self.spawn_user, [*argv, *relay_to]))
         self._check_parses(entries, fields[:2])
         state.protect(self.master_cf)
         for entry in entries:  # the hidden smtpd first: relays must find it
             self.daemon.postconf("-Me", entry)
         self.daemon.reload()
 
+    def settle(self) -> None:
+        """Postfix may reload again at once."""
+
     def _postconf_command(self, *arguments: str) -> list[str]:
         """A postconf command line for this instance, to be run later (the handover)."""
         return ["postconf", "-c", self.config_dir, *arguments]
 
-    def _tested_entry(self, runtime_dir: str, fields: Sequence[str], hostname: str,
-                      values: Sequence[str], relay_to: Sequence[str]) -> str:
-        """The spawn entry whose command passed the pre-test (as responder), plus ``relay_to``."""
+    def master_namespace(self) -> Optional[str]:
+        """The running master's mount namespace (/proc/PID/ns/mnt) when it is not ours; None
+        when it is, or when Postfix is stopped (then our ``postfix start`` runs it here)."""
+        queue = self.daemon.postconf("-h", "queue_directory").strip()
+        try:
+            with open(os.path.join(queue, "pid", "master.pid"), encoding="ascii") as pid_file:
+                namespace = f"/proc/{int(pid_file.read().strip())}/ns/mnt"
+            if os.readlink(namespace) == os.readlink("/proc/self/ns/mnt"):
+                return None
+        except (OSError, ValueError):
+            return None
+        return namespace
+
+    def _tested_responder(self, hostname: str, values: Sequence[str]) -> tuple[str, list[str]]:
+        """A runtime dir (in /run, else the config dir) and a responder command that passed the
+        pre-test as spawn will run it; nothing of Postfix is touched yet."""
+        namespace = self.master_namespace()
+        failures = []
+        for parent in (RUNTIME_PARENT, self.config_dir):
+            try:
+                runtime_dir = make_runtime_dir(self.spawn_user, parent)
+            except OSError as error:
+                failures.append(f"{parent}: {error}")
+                continue
+            try:
+                argvs = self._write_runtime(runtime_dir, hostname, values)
+                for python, argv in argvs:
+                    failure = pretest(argv, self.spawn_user, self.implicit_tls, values, namespace)
+                    if failure is None:
+                        logger.info("The responder for Postfix's spawn runs from %s (pre-tested "
+                                    "as %s%s)", runtime_dir, self.spawn_user,
+                                    f" in {namespace}" if namespace else "")
+                        return runtime_dir, argv
+                    failures.append(f"{python} in {runtime_dir}: {failure}")
+            except BaseException:
+                shutil.rmtree(runtime_dir, ignore_errors=True)
+                raise
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+        seen_from = (f"the mount namespace of Postfix's master ({namespace}), which differs from "
+                     "certbot's" if namespace else "Postfix's view")
+        raise errors.PluginError(
+            f"the responder does not run as spawn would run it (user {self.spawn_user!r}, in "
+            f"{seen_from}): {'; '.join(failures)}. Name a python3 that user may execute with "
+            "--email-capability-spawn-python, and make /run or the Postfix config directory "
+            "visible to Postfix; master.cf was left untouched")
+
+    def _write_runtime(self, runtime_dir: str, hostname: str,
+                       values: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """The responder copy, values and throwaway key; a command line per python to try."""
         with open(capability_responder.__file__, "rb") as source:
             write_for_group(os.path.join(runtime_dir, RESPONDER_COPY), source.read(), runtime_dir)
         values_file = write_values(runtime_dir, values)
-        cert, key = write_throwaway_certificate(runtime_dir, hostname or "localhost")
-        failures = []
-        for python in self.pythons:
-            argv = responder_argv(python, runtime_dir, hostname or "localhost", values_file,
-                                  cert, key, self.implicit_tls)
-            failure = pretest(argv, self.spawn_user, self.implicit_tls, values)
-            if failure is None:
-                return spawn_entry(fields, self.spawn_user, [*argv, *relay_to])
-            failures.append(f"{python}: {failure}")
-        raise errors.PluginError(
-            f"the responder does not run as user {self.spawn_user!r} ({'; '.join(failures)}); "
-            "name a python3 that user may execute with --email-capability-spawn-python")
+        cert, key = write_throwaway_certificate(runtime_dir, hostname)
+        return [(python, responder_argv(python, runtime_dir, hostname, values_file, cert, key,
+                                        self.implicit_tls)) for python in self.pythons]
 
     def _check_parses(self, entries: Sequence[str], endpoint: Sequence[str]) -> None:
         """Apply the entries to a scratch config; postconf must read the spawn entry back."""

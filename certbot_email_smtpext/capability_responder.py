@@ -25,8 +25,16 @@ from typing import Awaitable, Callable, Optional, Sequence
 PROTOCOLS = ("smtp", "imap", "pop3")
 #: Longest command line we read; SMTP allows 512 octets, IMAP clients send far less here.
 LINE_LIMIT = 2048
-#: A silent client is dropped after this long (a CA reads within seconds).
-IDLE_SECONDS = 30.0
+#: A silent client (or one that never finishes its TLS handshake) is dropped after this long: a
+#: CA reads within a second or two.
+IDLE_SECONDS = 10.0
+#: The standalone responder's open sessions, in all and from one address. A peer at its cap is
+#: turned away; at the total cap the busiest peer's oldest session makes room, so a flood of
+#: idle connections (and certbot's open files) cannot lock out the CA.
+MAX_SESSIONS = 128
+MAX_SESSIONS_PER_PEER = 8
+#: How long accepting pauses when the process is out of file descriptors.
+_ACCEPT_RETRY_SECONDS = 0.1
 #: How long a standalone responder keeps trying to bind while the real server lets go.
 BIND_SECONDS = 5.0
 _BIND_RETRY_SECONDS = 0.005
@@ -83,7 +91,8 @@ class _Session:
     async def start_tls(self) -> None:
         """Upgrade the connection in place (STARTTLS, STLS)."""
         assert self.advertised.starttls is not None
-        await self.writer.start_tls(self.advertised.starttls)  # type: ignore[attr-defined]
+        await self.writer.start_tls(  # type: ignore[attr-defined]
+            self.advertised.starttls, ssl_handshake_timeout=IDLE_SECONDS)
         self.in_tls = True
 
 
@@ -201,63 +210,162 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+class SessionLimit:
+    """The open sessions of each peer address, within MAX_SESSIONS and MAX_SESSIONS_PER_PEER."""
+
+    def __init__(self, total: int = MAX_SESSIONS, per_peer: int = MAX_SESSIONS_PER_PEER) -> None:
+        self.total = total
+        self.per_peer = per_peer
+        self.open: dict[str, list[asyncio.Task[None]]] = {}
+
+    def has_room(self, peer: str) -> bool:
+        """Whether ``peer`` may open one more session."""
+        return len(self.open.get(peer, ())) < self.per_peer
+
+    def add(self, peer: str, session: asyncio.Task[None]) -> None:
+        """Count ``session``; at the total cap, cancel the busiest peer's oldest one first."""
+        if sum(map(len, self.open.values())) >= self.total:
+            max(self.open.values(), key=len).pop(0).cancel()
+        self.open.setdefault(peer, []).append(session)
+        session.add_done_callback(lambda done: self._remove(peer, done))
+
+    def _remove(self, peer: str, session: asyncio.Task[None]) -> None:
+        sessions = self.open.get(peer, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self.open.pop(peer, None)
+
+
+def listening_sockets(hosts: Sequence[str], port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets on ``port`` for each host (none: every address)."""
+    if not hosts:
+        if socket.has_dualstack_ipv6():
+            found = [socket.create_server(("", port), family=socket.AF_INET6,
+                                          dualstack_ipv6=True, backlog=MAX_SESSIONS)]
+        else:
+            found = [socket.create_server(("", port), backlog=MAX_SESSIONS)]
+    else:
+        found = []
+        addresses = dict.fromkeys(
+            (info[0], info[4]) for host in hosts
+            for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE))
+        try:
+            for family, address in addresses:
+                found.append(socket.create_server(address, family=family, backlog=MAX_SESSIONS))
+        except BaseException:
+            for sock in found:
+                sock.close()
+            raise
+    for sock in found:
+        sock.setblocking(False)
+    return found
+
+
 class ThreadedResponder:
-    """Serves one port on every given address from a thread of its own, until ``stop()``."""
+    """Serves one port on every given address from a thread of its own, until ``stop()``.
+
+    It accepts connections itself (not ``asyncio.start_server``) so that the session caps and
+    the idle timeout hold from the first byte, TLS handshakes of implicit TLS included.
+    """
 
     def __init__(self, advertised: Advertised, implicit_tls: bool) -> None:
         self.advertised = advertised
         self.implicit_tls = implicit_tls
+        self.limit = SessionLimit()
         self._loop = asyncio.new_event_loop()
-        self._server: Optional[asyncio.base_events.Server] = None
+        self._listeners: list[socket.socket] = []
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="email-capability-responder")
 
     def start(self, addresses: Sequence[str], port: int,
               bind_seconds: float = BIND_SECONDS) -> None:
         """Bind (retrying while the real server lets the port go), then serve."""
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            self._bind(list(addresses) or None, port, bind_seconds), self._loop)
-        try:
-            self._server = future.result()
-        except BaseException:
-            self.stop()
-            raise
-
-    async def _bind(self, hosts: Optional[list[str]], port: int,
-                    bind_seconds: float) -> asyncio.base_events.Server:
-        """start_server with retries on EADDRINUSE until ``bind_seconds`` have passed."""
-        context = self.advertised.starttls if self.implicit_tls else None
-        handler = connection_handler(self.advertised, self.implicit_tls)
         deadline = time.monotonic() + bind_seconds
         while True:
             try:
-                return await asyncio.start_server(handler, host=hosts, port=port, ssl=context,
-                                                  reuse_address=True, limit=LINE_LIMIT)
+                self._listeners = listening_sockets(addresses, port)
+                break
             except OSError as error:
                 if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(_BIND_RETRY_SECONDS)
+                time.sleep(_BIND_RETRY_SECONDS)
+        self._thread.start()
+        handler = connection_handler(self.advertised, self.implicit_tls)
+        for listener in self._listeners:
+            asyncio.run_coroutine_threadsafe(self._accept(listener, handler), self._loop)
+
+    async def _accept(self, listener: socket.socket, handler: Callable[
+            [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        """Accept for ever; a peer over its cap is closed at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError:  # EMFILE and the like: sessions end within IDLE_SECONDS
+                await asyncio.sleep(_ACCEPT_RETRY_SECONDS)
+                continue
+            peer = str(address[0])
+            if not self.limit.has_room(peer):
+                sock.close()
+                continue
+            self.limit.add(peer, loop.create_task(self._session(sock, handler)))
+
+    async def _session(self, sock: socket.socket, handler: Callable[
+            [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        """One connection: the implicit TLS handshake (bounded by IDLE_SECONDS), the dialogue.
+
+        The dialogue runs as the protocol's server callback (so that STARTTLS knows it is the
+        server side); cancelling this task aborts the connection, which ends the dialogue.
+        """
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        async def dialogue(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await handler(reader, writer)
+            finally:
+                if not ended.done():
+                    ended.set_result(None)
+
+        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=LINE_LIMIT), dialogue)
+        context = self.advertised.starttls if self.implicit_tls else None
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=context,
+                ssl_handshake_timeout=IDLE_SECONDS if context else None)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            sock.close()
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        try:
+            await ended
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
 
     def stop(self) -> None:
-        """Close the listener and every session (the port is free on return); end the thread."""
-        if self._server is not None:
-            server = self._server
-            self._server = None
-
+        """Close the listeners and every session (the port is free on return); end the thread."""
+        if self._thread.is_alive():
             async def close() -> None:
-                server.close()
+                for listener in self._listeners:
+                    listener.close()
                 sessions = [task for task in asyncio.all_tasks()
                             if task is not asyncio.current_task()]
                 for task in sessions:
                     task.cancel()
                 await asyncio.gather(*sessions, return_exceptions=True)
-                await server.wait_closed()
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(IDLE_SECONDS)
-        if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
-        self._loop.close()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        if not self._loop.is_closed():
+            self._loop.close()
 
 
 async def _serve_inetd(advertised: Advertised, implicit_tls: bool) -> None:

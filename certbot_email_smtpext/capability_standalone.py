@@ -6,7 +6,6 @@ submission, Exim, OpenSMTPD, ...). The port is freed by a Dovecot listener snipp
 The handover leaves the port without a listener for a few milliseconds each way
 (notes/mail-protocol-proof.md §2.2).
 """
-import tempfile
 from typing import Optional, Sequence
 
 from certbot import errors
@@ -16,6 +15,7 @@ from certbot_email_smtpext.capability_dovecot import DovecotSnippet, listener_of
 from certbot_email_smtpext.capability_responder import Advertised, ThreadedResponder, tls_context
 from certbot_email_smtpext.capability_state import (
     ValidationState,
+    make_runtime_dir,
     write_throwaway_certificate,
 )
 
@@ -30,6 +30,9 @@ class ListenerRelease:
     def release(self, state: ValidationState) -> None:
         """Make the real server stop listening on the port."""
 
+    def settle(self) -> None:
+        """Wait until the real server may be reloaded again without harm."""
+
 
 class DovecotListenerRelease(ListenerRelease):
     """A Dovecot inet listener switched off by our snippet, on again by restoring it."""
@@ -42,6 +45,9 @@ class DovecotListenerRelease(ListenerRelease):
 
     def restore_commands(self) -> list[list[str]]:
         return [self.snippet.reload_command()]
+
+    def settle(self) -> None:
+        self.snippet.settle()
 
     def release(self, state: ValidationState) -> None:
         found = self.snippet.listener_port(self.service, self.listener)
@@ -85,7 +91,7 @@ class StandaloneResponder:
 
     def advertise(self, state: ValidationState, values: Sequence[str]) -> None:
         """Record, free the port, bind it and serve every value."""
-        runtime_dir = tempfile.mkdtemp(prefix="certbot-email-capability-")
+        runtime_dir = make_runtime_dir("root")
         state.begin("standalone", self.release.restore_commands(), runtime_dir)
         context = tls_context(*write_throwaway_certificate(runtime_dir, self.hostname))
         self.release.release(state)
@@ -99,6 +105,10 @@ class StandaloneResponder:
                 "of it; check --email-capability-dovecot-listener or "
                 "--email-capability-stop-command") from None
         self._responder = responder
+
+    def settle(self) -> None:
+        """Before the restore: whatever the real server needs between two reloads."""
+        self.release.settle()
 
     def stop(self) -> None:
         """Close our sockets, so that restoring the real listener can bind again."""

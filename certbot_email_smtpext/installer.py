@@ -8,6 +8,7 @@ config names. It never reloads onto files that fail the checks, so a daemon keep
 certificate rather than failing every handshake.
 """
 import abc
+import concurrent.futures
 import datetime
 import logging
 import os
@@ -36,9 +37,14 @@ from certbot_email_smtpext.postfix import DEFAULT_CONFIG_DIR, Postfix
 
 logger = logging.getLogger(__name__)
 
-#: How long a reloaded daemon may take before every listener serves the configured certificate.
-VERIFY_SECONDS = 15.0
-_POLL_SECONDS = 0.2
+#: How long a listener that gives no TLS handshake after the reload is waited for (busy host).
+VERIFY_SECONDS = 60.0
+#: How long a listener may still serve its certificate from before the reload (old processes
+#: finishing); after that the reload did not reach it. Any other certificate fails at once.
+RELOAD_GRACE_SECONDS = 15.0
+_POLL_SECONDS = 0.05
+#: Handshakes run at once: each listener is probed in parallel, every round.
+_PROBE_THREADS = 16
 _RELOAD_ONLY_HELP = ("Touch no config file: deploy and renewal only check the configured "
                      "certificate files, reload and verify what is served.")
 _ALT_CERT_NAME_HELP = ("A second lineage (certbot --cert-name) with another key type, e.g. RSA "
@@ -99,6 +105,7 @@ class MailInstaller(common.Installer):
         self.daemons = self.make_daemons(self.conf)
         self._deployed: KeyAndChain | None = None  # certbot calls deploy_cert once per name
         self._warned: set[str] = set()  # deploy_cert and restart judge the same pins, SNI
+        self._tested: dict[str, tuple[tuple[str, int, int, int], ...]] = {}
 
     @classmethod
     @abc.abstractmethod
@@ -139,7 +146,7 @@ class MailInstaller(common.Installer):
         self._prune()
         for daemon in self.daemons:
             try:
-                daemon.config_test()
+                self._test_unless_tested(daemon)
             except errors.PluginError as error:
                 raise errors.MisconfigurationError(
                     f"{daemon.name} config test failed, fix it first: {error}") from error
@@ -415,16 +422,29 @@ class MailInstaller(common.Installer):
         for daemon in self.daemons:
             daemon.config_test()
 
+    def _test_unless_tested(self, daemon: MailDaemon) -> None:
+        """The daemon's config test, unless its config dir is as it was when the test last
+        passed in this run: `certbot renew` prepares the installer just before restart(), and a
+        second `postfix check` would take seconds on a busy host."""
+        fingerprint = _fingerprint(daemon.config_dir)
+        if self._tested.get(daemon.name) != fingerprint:
+            daemon.config_test()
+            self._tested[daemon.name] = fingerprint
+
     def _listeners(self) -> list[TlsListener]:
-        """Every TLS listener of every daemon, read from the config as it is now."""
-        return [listener for daemon in self.daemons for listener in daemon.tls_listeners()]
+        """Every TLS listener of every daemon, read from the config as it is now (the daemons'
+        tools run at once: each takes tens of milliseconds on a busy host)."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.daemons)) as pool:
+            found = list(pool.map(lambda daemon: daemon.tls_listeners(), self.daemons))
+        return [listener for listeners in found for listener in listeners]
 
     def restart(self) -> None:
         """Check what the configs name, reload, and wait until every listener serves it, with
         and without SNI for each of the certificate's names."""
         if not self._reload_only():
             self._prune()
-        self.config_test()
+        for daemon in self.daemons:
+            self._test_unless_tested(daemon)
         listeners = self._listeners()
         problems = _credential_problems(listeners)
         if problems:
@@ -433,10 +453,12 @@ class MailInstaller(common.Installer):
                 + "; ".join(problems))
         self._judge_dane(self._served_owners(listeners))
         expected = _probes(listeners + self._by_own_names(listeners))
+        before = _served_now(expected)
         started = time.monotonic()
-        for daemon in self.daemons:
-            daemon.reload()
-        _wait_until_served(expected, started + VERIFY_SECONDS)
+        with concurrent.futures.ThreadPoolExecutor(len(self.daemons)) as pool:
+            for reloaded in [pool.submit(daemon.reload) for daemon in self.daemons]:
+                reloaded.result()  # both reload at once; the first failure is raised
+        _wait_until_served(expected, before, started)
         logger.info("%d TLS listeners serve the configured certificate %.2f s after the reload",
                     len(listeners), time.monotonic() - started)
 
@@ -449,6 +471,22 @@ def _sni_names(leaf: x509.Certificate) -> list[str]:
 def _now() -> datetime.datetime:
     """The time the checks compare validity against."""
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _fingerprint(directory: str) -> tuple[tuple[str, int, int, int], ...]:
+    """Every file below directory by path, inode, size and modification time (a few stat
+    calls): an edit, however it is made, changes it."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                status = os.stat(path)
+            except OSError:
+                continue
+            found.append((path, status.st_ino, status.st_size, status.st_mtime_ns))
+    return tuple(found)
 
 
 def _credential_problems(listeners: Sequence[TlsListener]) -> list[str]:
@@ -483,34 +521,82 @@ def _probes(listeners: Sequence[TlsListener]) -> dict[Probe, set[x509.Certificat
     return probes
 
 
-def _wait_until_served(expected: dict[Probe, set[x509.Certificate]], deadline: float) -> None:
-    """Probe each listener until it serves one of its configured leaves, or fail at the deadline."""
+def _served_now(probes: Iterable[Probe]) -> dict[Probe, x509.Certificate | str]:
+    """One handshake with each listener, all at once: the leaf it serves, or why it gave none."""
     from certbot_email_smtpext import tls_probe  # mail clients load only when a reload is proven
+
+    def probe(target: Probe) -> x509.Certificate | str:
+        listener, kind = target
+        try:
+            return tls_probe.served_certificate(listener, key_algorithm=kind)
+        except tls_probe.ProbeError as error:
+            return str(error)
+    targets = list(probes)
+    if not targets:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(min(len(targets), _PROBE_THREADS)) as pool:
+        return dict(zip(targets, pool.map(probe, targets), strict=True))
+
+
+def _wait_until_served(expected: dict[Probe, set[x509.Certificate]],
+                       before: dict[Probe, x509.Certificate | str], reloaded: float) -> None:
+    """Probe each listener until it serves one of its configured leaves.
+
+    A listener that gives no handshake is slow: it is probed again for VERIFY_SECONDS. One that
+    still serves what it served ``before`` the reload, or an earlier certificate for the same
+    names (Postfix processes of older reloads finishing), is given RELOAD_GRACE_SECONDS. One
+    that serves any other certificate is wrong, and fails at once. The error says which.
+    """
     pending = dict(expected)
-    last_seen: dict[Probe, str] = {}
+    last: dict[Probe, str] = {}
     while True:
-        for probe, leaves in list(pending.items()):
-            listener, kind = probe
-            try:
-                served = tls_probe.served_certificate(listener, key_algorithm=kind)
-            except tls_probe.ProbeError as error:
-                last_seen[probe] = f"gives no TLS handshake ({error})"
-                continue
-            if served in leaves:
+        wrong, stale = {}, {}
+        for probe, served in _served_now(pending).items():
+            if isinstance(served, str):
+                last[probe] = f"gives no TLS handshake ({served})"
+            elif served in pending[probe]:
                 del pending[probe]
+            elif served == before.get(probe) or _earlier_version(served, pending[probe]):
+                stale[probe] = last[probe] = f"serves {describe(served)}"
             else:
-                last_seen[probe] = f"serves {describe(served)}"
+                wrong[probe] = f"serves {describe(served)}"
+        waited = time.monotonic() - reloaded
+        if wrong:
+            raise errors.PluginError(
+                "after the reload, " + _findings(wrong, expected) + ": a wrong certificate, not "
+                "a slow reload (neither the configured one, nor the one served before, nor an "
+                "earlier one for the same names). "
+                "Look for settings that give these listeners another certificate (Dovecot "
+                "local/local_name blocks, Postfix SNI maps).")
+        if stale and waited >= RELOAD_GRACE_SECONDS:
+            raise errors.PluginError(
+                f"{waited:.0f} s after the reload, " + _findings(stale, expected) + ", the "
+                "certificate served before the reload: the daemon did not reload, or a setting "
+                "keeps that certificate for these listeners (Dovecot local/local_name blocks, "
+                "Postfix SNI maps).")
         if not pending:
             return
-        if time.monotonic() >= deadline:
-            raise errors.PluginError("after the reload, " + "; ".join(
-                f"{listener}{f' to a client asking for {kind} keys' if kind else ''} "
-                f"{last_seen[listener, kind]} instead of "
-                + " or ".join(describe(leaf) for leaf in leaves)
-                for (listener, kind), leaves in pending.items())
-                + ". Look for settings that give these listeners another certificate (Dovecot "
-                "local/local_name blocks, Postfix SNI maps) or a daemon that did not reload.")
+        if waited >= VERIFY_SECONDS:
+            raise errors.PluginError(
+                f"{waited:.0f} s after the reload, "
+                + _findings({probe: last[probe] for probe in pending}, expected)
+                + ". No listener served a wrong certificate: these are slow. Check that the "
+                "daemons run and answer (see their logs).")
         time.sleep(_POLL_SECONDS)
+
+
+def _earlier_version(served: x509.Certificate, leaves: set[x509.Certificate]) -> bool:
+    """Whether ``served`` is an older certificate for exactly the names of one of ``leaves``."""
+    return any(sorted(dns_names(served)) == sorted(dns_names(leaf))
+               and served.not_valid_before_utc <= leaf.not_valid_before_utc for leaf in leaves)
+
+
+def _findings(found: dict[Probe, str], expected: dict[Probe, set[x509.Certificate]]) -> str:
+    """``<listener> <what it did> instead of <leaf>`` for each probe."""
+    return "; ".join(
+        f"{listener}{f' to a client asking for {kind} keys' if kind else ''} {what} instead of "
+        + " or ".join(describe(leaf) for leaf in expected[listener, kind])
+        for (listener, kind), what in found.items())
 
 
 class PostfixInstaller(MailInstaller):

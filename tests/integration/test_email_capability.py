@@ -5,8 +5,12 @@ daemons serve again, and (Postfix and Dovecot backends) that a client looping on
 listener during the whole run never saw a refused connection. The lab is private to this
 module because the tests change Postfix's and Dovecot's configuration.
 """
+import json
+import multiprocessing
 import os
+import pwd
 import re
+import resource
 import signal
 import smtplib
 import socket
@@ -14,7 +18,7 @@ import subprocess
 import sys
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -220,6 +224,74 @@ def test_pop3_via_standalone_dovecot_listener_handover(mail_lab, test_ca, tmp_pa
     assert_restored(mail_lab, before, service)
 
 
+class IdleFlood:
+    """Threads that keep opening connections to a port from other loopback addresses and hold
+    every one our responder answers without ever saying a word (Dovecot's are let go)."""
+
+    def __init__(self, port: int, sources: Sequence[str], most: int = 1200) -> None:
+        self.port = port
+        self.most = most
+        self.held: list[socket.socket] = []
+        self.turned_away = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(source,), daemon=True)
+                         for source in sources]
+
+    def _run(self, source: str) -> None:
+        while not self._stop.is_set():
+            if len(self.held) >= self.most:
+                self._stop.wait(0.1)
+                continue
+            try:
+                sock = socket.create_connection((HOST, self.port), timeout=2,
+                                                source_address=(source, 0))
+                greeting = sock.recv(200)
+            except OSError:
+                continue
+            if greeting and b"Dovecot" not in greeting:
+                self.held.append(sock)
+                continue
+            self.turned_away += not greeting
+            sock.close()
+
+    def __enter__(self) -> "IdleFlood":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *unused: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        for sock in self.held:
+            sock.close()
+
+
+def systemd_file_limit() -> None:
+    """The soft limit of open files a systemd service (certbot.service) gets: 1024."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
+        resource.RLIMIT_NOFILE)[1]))
+
+
+def test_a_flood_of_idle_connections_does_not_block_the_cas_probe(mail_lab, test_ca, tmp_path):
+    before = config_files(mail_lab)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # room for the flood here
+    try:
+        with IdleFlood(mail_lab.ports.pop3, [f"127.0.0.{n}" for n in range(6, 10)]) as flood:
+            result = subprocess.run(
+                certbot_command(mail_lab, test_ca, tmp_path, "pop3",
+                                "--email-capability-dovecot-listener", "pop3-login/pop3"),
+                env=certbot_env(test_ca), capture_output=True, text=True, timeout=180,
+                check=False, preexec_fn=systemd_file_limit)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result.returncode == 0, result.stderr
+    assert flood.turned_away > 0  # it met the caps
+    issued(tmp_path)
+    assert_restored(mail_lab, before, "pop3")
+
+
 def test_a_listener_on_another_port_is_refused_before_any_change(mail_lab, test_ca, tmp_path):
     before = config_files(mail_lab)
     result = run_certbot(mail_lab, test_ca, tmp_path, "pop3",
@@ -267,6 +339,103 @@ def test_run_killed_during_validation_is_repaired_by_the_next_run(mail_lab, test
     assert_restored(mail_lab, before, "imap")
 
 
+def send_through_submission(lab: Lab, subject: str) -> None:
+    """A real session: STARTTLS, AUTH and a delivered mail."""
+    lab.empty_mailbox("alice")
+    with smtplib.SMTP(HOST, lab.ports.submission, local_hostname=CLIENT_HOSTNAME,
+                      timeout=PATIENCE) as smtp:
+        smtp.starttls(context=lab.client_tls())
+        smtp.login(lab.user("bob").address, lab.user("bob").password)
+        smtp.send_message(lab.message("bob", "alice", subject))
+    assert subject.encode() in lab.wait_for_mail("alice", subject)
+
+
+def test_run_killed_during_validation_is_repaired_by_a_plain_certbot_renew(mail_lab, test_ca,
+                                                                           tmp_path):
+    before = config_files(mail_lab)
+    start_and_signal_during_validation(mail_lab, test_ca, tmp_path, signal.SIGKILL)
+    state_file = tmp_path / "work" / "email-capability" / "state.json"
+    runtime_dir = Path(json.loads(state_file.read_text())["runtime_dir"])
+    assert runtime_dir.parent == Path("/run") and runtime_dir.is_dir()
+    assert config_files(mail_lab) != before, "killed too late: the swap was already undone"
+    # a first issuance leaves no lineage: renew has nothing to renew, and repairs all the same
+    renewed = subprocess.run(
+        [CERTBOT, "renew", "--non-interactive", "--config-dir", str(tmp_path / "config"),
+         "--work-dir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs")],
+        env=certbot_env(test_ca), capture_output=True, text=True, timeout=180, check=False)
+    assert renewed.returncode == 0, renewed.stderr
+    assert "Restoring the mail server after an interrupted" in renewed.stderr
+    assert "No renewals were attempted" in renewed.stdout + renewed.stderr
+    assert not state_file.exists() and not runtime_dir.exists()
+    assert_restored(mail_lab, before, "submission")
+    send_through_submission(mail_lab, "after the repair by certbot renew")
+
+
+@pytest.mark.parametrize("hostile", ["owned by nobody, with a planted record",
+                                     "group-writable and empty"])
+def test_a_state_dir_others_may_write_is_refused_and_its_commands_never_run(
+        mail_lab, test_ca, tmp_path, hostile):
+    before = config_files(mail_lab)
+    state_dir, marker = tmp_path / "state", tmp_path / "planted-command-ran"
+    state_dir.mkdir()
+    if "planted" in hostile:
+        (state_dir / "state.json").write_text(json.dumps(
+            {"backend": "postfix", "after_restore": [["/bin/sh", "-c", f"touch {marker}"]]}))
+        for path in (state_dir, state_dir / "state.json"):
+            os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    else:
+        state_dir.chmod(0o775)
+    result = run_certbot(mail_lab, test_ca, tmp_path, "submission",
+                         "--email-capability-state-dir", str(state_dir))
+    assert result.returncode != 0
+    assert f"refusing the email-capability state directory {state_dir}" in result.stderr
+    assert "root-owned and not group/world writable" in result.stderr
+    assert not marker.exists()
+    assert config_files(mail_lab) == before
+    assert not (tmp_path / "config" / "live").exists()
+
+
+#: Runs argv in a new mount namespace whose /tmp is a fresh tmpfs, as systemd's PrivateTmp=true
+#: gives certbot.service; the directories the test itself uses under /tmp are bound back.
+PRIVATE_TMP = """set -e
+mount --bind /tmp /mnt
+mount -t tmpfs certbot-private-tmp /tmp
+for kept in "$KEEP_1" "$KEEP_2"; do
+    mkdir -p "/tmp/$kept"
+    mount --bind "/mnt/$kept" "/tmp/$kept"
+done
+if [ -n "$PRIVATE_RUN" ]; then mount -t tmpfs certbot-private-run /run; fi
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("private", ["/tmp", "/tmp and /run"])
+def test_postfix_backend_with_a_private_tmp_like_systemd_gives_certbot(mail_lab, test_ca,
+                                                                       tmp_path, private):
+    before = config_files(mail_lab)
+    env = certbot_env(test_ca)
+    env.update(KEEP_1=str(mail_lab.workdir.relative_to("/tmp")),
+               KEEP_2=str(tmp_path.parent.relative_to("/tmp")),  # the test CA's root is there
+               PRIVATE_RUN="1" if "/run" in private else "")
+    env.pop("TMPDIR", None)
+    with ClientLoop("submission", mail_lab.ports.submission) as loop:
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", PRIVATE_TMP, "sh",
+             *certbot_command(mail_lab, test_ca, tmp_path, "submission")],
+            env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "logs" / "letsencrypt.log").read_text()
+    runs_from = re.search(r"The responder for Postfix's spawn runs from (\S+) \(pre-tested as "
+                          r"nobody in /proc/\d+/ns/mnt\)", log)
+    assert runs_from, log[-3000:]
+    parent = mail_lab.postfix.etc if "/run" in private else Path("/run")
+    assert Path(runs_from.group(1)).parent == parent
+    assert loop.failures == []
+    assert 0 < loop.sessions_with_acme < loop.sessions  # the spawned responder answered
+    issued(tmp_path)
+    assert_restored(mail_lab, before, "submission")
+
+
 def dovecot_reloads(lab: Lab) -> int:
     return (lab.dovecot.dir / "dovecot.log").read_text(errors="replace").count("reloading")
 
@@ -291,6 +460,52 @@ def test_broken_snippet_is_refused_before_it_reaches_dovecot(mail_lab, tmp_path)
     assert dovecot_reloads(mail_lab) == reloads
     assert state.restore() == []
     assert state.restore() == []
+    assert_restored(mail_lab, before, "imap")
+
+
+def spin() -> None:
+    """A CPU hog, as on a busy CI machine."""
+    while True:
+        pass
+
+
+RELOAD_ROUNDS = 12
+
+
+def test_dovecot_backend_reloads_under_client_loops_on_a_loaded_machine(mail_lab, tmp_path):
+    """Back-to-back validations while CPU hogs and four clients run: no client is ever refused
+    or told "* BYE Shutting down" (a login process still retrying auth, caught by a reload)."""
+    before = config_files(mail_lab)
+    hogs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(2)]
+    for hog in hogs:
+        hog.start()
+    loops = [ClientLoop("imap", mail_lab.ports.imap) for _ in range(4)]
+    try:
+        for loop in loops:
+            loop.__enter__()
+        for round_number in range(RELOAD_ROUNDS):
+            state = ValidationState(str(tmp_path / "state"),
+                                    reverter.Reverter(plugin_config(tmp_path)))  # type: ignore
+            value = f"round-{round_number}"
+            backend = capability_dovecot.DovecotImap(str(mail_lab.dovecot.config_file))
+            backend.advertise(state, [value])
+            done, seen = capability_probe.wait_until(
+                "imap", HOST, mail_lab.ports.imap, False, capability_probe.shows_all([value]),
+                PATIENCE)
+            assert done, seen
+            backend.settle()  # as the plugin's cleanup does
+            assert state.restore() == []
+            done, seen = capability_probe.wait_until(
+                "imap", HOST, mail_lab.ports.imap, False, lambda values: values == [], PATIENCE)
+            assert done, seen
+            state.finish()
+    finally:
+        for loop in loops:
+            loop.__exit__()
+        for hog in hogs:
+            hog.terminate()
+    assert [failure for loop in loops for failure in loop.failures] == []
+    assert all(loop.sessions_with_acme > 0 for loop in loops)
     assert_restored(mail_lab, before, "imap")
 
 

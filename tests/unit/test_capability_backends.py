@@ -3,6 +3,7 @@ the spawn pre-test, and the plugin's perform/cleanup over the standalone backend
 import argparse
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -17,8 +18,8 @@ from certbot.configuration import NamespaceConfig
 from certbot_email import certbot_compat
 from certbot_email.protocol.challenges import CapabilityPOP00, CapabilitySMTP00
 from certbot_email_smtpext import capability_dovecot as dovecot_backend
+from certbot_email_smtpext import capability_plugin, capability_probe, capability_state
 from certbot_email_smtpext import capability_postfix as postfix_backend
-from certbot_email_smtpext import capability_probe, capability_state
 from certbot_email_smtpext.capability_plugin import Authenticator
 from certbot_email_smtpext.postfix import MasterService
 from tests.lab.ports import free_port
@@ -187,7 +188,7 @@ def test_restore_puts_bytes_back_removes_created_files_then_runs_the_commands(tm
     state = make_state(tmp_path)
     edited, created, marker = tmp_path / "main.conf", tmp_path / "snippet.conf", tmp_path / "ran"
     edited.write_bytes(b"original\r\n no newline at end")
-    runtime_dir = tmp_path / "runtime"
+    runtime_dir = tmp_path / "certbot-email-capability-test"
     runtime_dir.mkdir()
     state.begin("test", [["/bin/sh", "-c", f"cat {edited} > {marker}"]], str(runtime_dir))
     record = json.loads((tmp_path / "state" / "state.json").read_text())
@@ -210,7 +211,7 @@ def test_restore_puts_bytes_back_removes_created_files_then_runs_the_commands(tm
 
 def test_handover_runs_first_and_the_files_wait_for_relays_to_end(tmp_path):
     state = make_state(tmp_path)
-    edited, runtime_dir = tmp_path / "master.cf", tmp_path / "runtime"
+    edited, runtime_dir = tmp_path / "master.cf", tmp_path / "certbot-email-capability-test"
     handed_over, relayed, seen = tmp_path / "handed-over", tmp_path / "relayed", tmp_path / "seen"
     edited.write_bytes(b"original")
     runtime_dir.mkdir()
@@ -322,3 +323,80 @@ def test_standalone_stop_and_start_commands_bracket_the_responder(tmp_path):
                                              reverter.Reverter(certbot_config(tmp_path)))
     assert state.pending() is not None  # kept: the next run retries the restore
     state.finish()
+
+
+# -- a killed run, repaired by whichever certbot runs next ---------------------------------------
+
+def killed_record(state: capability_state.ValidationState, *commands: list[str]) -> None:
+    """A record as a run that has since died would have left it."""
+    state.begin("standalone", list(commands))
+    record = json.loads(Path(state.path).read_text())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    record.update(pid=dead.pid, pid_started="1")
+    Path(state.path).write_text(json.dumps(record))
+
+
+@needs_root
+def test_any_certbot_run_repairs_a_record_in_a_custom_state_dir(tmp_path):
+    marker, custom = tmp_path / "restored", tmp_path / "custom"
+    config = certbot_config(tmp_path, state_dir=str(custom))
+    default = tmp_path / "work" / "email-capability"
+    state = capability_state.ValidationState(str(custom), reverter.Reverter(config), str(default))
+    killed_record(state, ["/bin/sh", "-c", f"echo >> {marker}"])
+    assert (default / "state-dir").read_text() == str(custom)
+    # a later run knows nothing of --email-capability-state-dir: the pointer leads there
+    capability_plugin.repair_at_startup(certbot_config(tmp_path))
+    assert marker.read_text() == "\n"
+    assert not (custom / "state.json").exists() and not (default / "state-dir").exists()
+    capability_plugin.repair_at_startup(certbot_config(tmp_path))
+    assert marker.read_text() == "\n"
+
+
+@needs_root
+def test_a_validation_still_running_is_left_alone(tmp_path):
+    state = make_state(tmp_path)
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        state.begin("standalone", [["/bin/sh", "-c", "exit 1"]])
+        record = json.loads(Path(state.path).read_text())
+        record.update(pid=alive.pid, pid_started=capability_state._started(alive.pid))
+        Path(state.path).write_text(json.dumps(record))
+        with pytest.raises(errors.PluginError, match=f"process {alive.pid} is still in the middle"):
+            capability_state.repair(state)
+        assert state.pending() is not None
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+@needs_root
+@pytest.mark.parametrize("hostile", ["group-writable", "nobody's"])
+def test_a_state_dir_others_may_write_is_refused_and_its_commands_never_run(tmp_path, hostile):
+    marker, state_dir = tmp_path / "ran", tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text(json.dumps(
+        {"backend": "standalone", "after_restore": [["/bin/sh", "-c", f"touch {marker}"]]}))
+    if hostile == "group-writable":
+        state_dir.chmod(0o770)
+    else:
+        os.chown(state_dir, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(errors.PluginError, match="refusing the email-capability state directory"):
+        make_plugin(tmp_path, state_dir=str(state_dir)).prepare()
+    with pytest.raises(errors.PluginError, match="not group/world writable"):
+        capability_plugin.repair_at_startup(certbot_config(tmp_path, state_dir=str(state_dir)))
+    assert not marker.exists()
+
+
+@needs_root
+def test_a_state_file_others_wrote_is_refused(tmp_path):
+    state = make_state(tmp_path)
+    state.begin("standalone", [])
+    os.chown(state.path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(errors.PluginError, match="owned by uid"):
+        state.pending()
+    os.chown(state.path, 0, -1)
+    os.chmod(state.path, 0o622)
+    with pytest.raises(errors.PluginError, match="writable by its group or others"):
+        state.pending()
+

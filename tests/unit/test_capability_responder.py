@@ -315,3 +315,78 @@ def test_relay_without_its_smtpd_refuses_temporarily(tmp_path):
     with client, client.makefile("rb") as replies:
         assert replies.read().startswith(b"421 4.3.2")
     assert relay.wait(10) == 0
+
+
+def open_idle(port: int, source: str, count: int) -> list[socket.socket]:
+    """``count`` connections from ``source`` that never say a word."""
+    held = []
+    for _ in range(count):
+        held.append(socket.create_connection(("127.0.0.1", port), timeout=5,
+                                             source_address=(source, 0)))
+    return held
+
+
+def closed_by_the_server(sock: socket.socket) -> bool:
+    """Whether the responder hung up on this silent connection (a greeting may come first)."""
+    sock.settimeout(5)
+    try:
+        while data := sock.recv(4096):
+            del data
+    except (TimeoutError, ConnectionResetError) as error:
+        return isinstance(error, ConnectionResetError)
+    return True
+
+
+@pytest.fixture(name="many_files")
+def fixture_many_files() -> Iterator[None]:
+    """Room for a flood in this process: the soft limit of open files raised to the hard one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("implicit_tls", [False, True], ids=["plain", "implicit-tls"])
+def test_a_flood_of_idle_connections_from_one_peer_does_not_lock_out_the_ca(
+        context, many_files, implicit_tls):
+    responder, port = serve("pop3", context, implicit_tls)
+    flood = []
+    try:
+        flood = open_idle(port, "127.0.0.5", 1000)
+        assert capability_probe.advertised_values("pop3", "127.0.0.1", port,
+                                                  implicit_tls) == list(VALUES)
+        assert closed_by_the_server(flood[-1])  # over the peer's cap: turned away at once
+        assert len(responder.limit.open.get("127.0.0.5", [])) \
+            <= capability_responder.MAX_SESSIONS_PER_PEER
+    finally:
+        for sock in flood:
+            sock.close()
+        responder.stop()
+
+
+def test_a_flood_from_many_peers_makes_room_for_the_ca(context, many_files):
+    responder, port = serve("smtp", context, False)
+    flood = []
+    try:
+        for peer in range(2, 2 + capability_responder.MAX_SESSIONS + 20):
+            flood += open_idle(port, f"127.0.{peer // 250}.{peer % 250 + 2}", 2)
+        assert capability_probe.advertised_values("smtp", "127.0.0.1", port,
+                                                  False) == list(VALUES)
+        assert sum(map(len, responder.limit.open.values())) <= capability_responder.MAX_SESSIONS
+        assert closed_by_the_server(flood[0])  # the oldest of a busiest peer made room
+    finally:
+        for sock in flood:
+            sock.close()
+        responder.stop()
+
+
+def test_a_silent_client_is_dropped(context, monkeypatch):
+    monkeypatch.setattr(capability_responder, "IDLE_SECONDS", 0.2)
+    responder, port = serve("imap", context, True)
+    try:
+        [silent] = open_idle(port, "127.0.0.1", 1)  # not even a TLS handshake
+        assert closed_by_the_server(silent)
+        silent.close()
+    finally:
+        responder.stop()

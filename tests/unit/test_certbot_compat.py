@@ -337,3 +337,26 @@ class TestDeleteRemovesTheBundle(certbot_test_util.ConfigTestCase):
         live = self.lineage("")
         storage.delete_files(self.config, "sample-renewal")
         assert os.listdir(live) == ["bundle.p12"]
+
+
+def test_startup_tasks_run_after_certbot_locks_its_dirs_and_never_raise(monkeypatch, caplog):
+    from certbot._internal import main
+    assert certbot_compat._is_hook(main.make_or_verify_needed_dirs)
+    seen = []
+
+    def task(config):
+        seen.append(config)
+        raise RuntimeError("could not restore the mail server")
+    monkeypatch.setattr(certbot_compat, "_startup_tasks", [task])
+    config = object()
+    with pytest.raises(AttributeError):  # certbot's own work comes first, and its errors stay
+        main.make_or_verify_needed_dirs(config)
+    assert seen == []
+    monkeypatch.setattr(main.util, "set_up_core_dir", lambda *args: None)
+    monkeypatch.setattr(main.util, "make_or_verify_dir", lambda *args, **kwargs: None)
+    namespace = type("Config", (), {"config_dir": "c", "work_dir": "w", "strict_permissions": False,
+                                    "renewal_pre_hooks_dir": "a", "renewal_deploy_hooks_dir": "b",
+                                    "renewal_post_hooks_dir": "c"})()
+    main.make_or_verify_needed_dirs(namespace)
+    assert seen == [namespace]
+    assert "could not restore the mail server" in caplog.text

@@ -100,6 +100,7 @@ def serving(monkeypatch) -> dict:
         return served[listener.host, listener.port]
     monkeypatch.setattr(tls_probe, "served_certificate", probe)
     monkeypatch.setattr(installer, "VERIFY_SECONDS", 0.0)
+    monkeypatch.setattr(installer, "RELOAD_GRACE_SECONDS", 0.0)
     return served
 
 
@@ -227,7 +228,82 @@ def test_restart_fails_when_the_daemon_keeps_serving_the_old_certificate(tmp_pat
     message = str(failure.value)
     assert "fake smtps on 127.0.0.1:465 (implicit TLS) serves 'CN=mail.example.test'" in message
     assert f"(serial {leaf_certificate(old).serial_number:x}) instead of" in message
+    assert ("the certificate served before the reload: the daemon did not reload, or a setting "
+            "keeps that certificate") in message
     assert plugin.daemon.reloads == 1
+
+
+def scripted_probe(monkeypatch, answers: list) -> dict:
+    """Each probe (listener, SNI name, key type) gets the answers of the list in turn (a
+    certificate, or an error to raise), then the last again; returns the answers given, per
+    probe."""
+    given: dict = {}
+
+    def probe(listener: TlsListener, key_algorithm: str | None = None) -> x509.Certificate:
+        mine = given.setdefault((listener, key_algorithm), [])
+        answer = answers[min(len(mine), len(answers) - 1)]
+        mine.append(answer)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    monkeypatch.setattr(tls_probe, "served_certificate", probe)
+    return given
+
+
+def test_a_listener_that_is_merely_slow_is_waited_for(tmp_path, serving, old, new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    monkeypatch.setattr(installer, "VERIFY_SECONDS", 60.0)
+    monkeypatch.setattr(installer, "RELOAD_GRACE_SECONDS", 60.0)
+    refused = tls_probe.ProbeError("ConnectionRefusedError: [Errno 111] Connection refused")
+    timeout = tls_probe.ProbeError("TimeoutError: _ssl.c:989: The handshake operation timed out")
+    given = scripted_probe(monkeypatch, [leaf_certificate(old), refused, timeout,
+                                         leaf_certificate(old), leaf_certificate(new)])
+    plugin.restart()
+    # the default and each of the certificate's names by SNI, each probed before the reload,
+    # then until the new certificate showed
+    assert {listener.server_name for listener, _key in given} == {
+        None, "mail.example.test"}
+    assert [len(answers) for answers in given.values()] == [5] * len(given)
+
+
+def test_a_wrong_certificate_fails_at_once_and_says_so(tmp_path, serving, old, new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    monkeypatch.setattr(installer, "VERIFY_SECONDS", 3600.0)
+    other = leaf_certificate(write_lineage(tmp_path / "other", name="other.example.test"))
+    given = scripted_probe(monkeypatch, [leaf_certificate(old), other])
+    with pytest.raises(errors.PluginError) as failure:
+        plugin.restart()
+    # at most one probe after the reload: no waiting for the deadline
+    assert max(len(answers) for answers in given.values()) == 2
+    message = str(failure.value)
+    assert f"serves 'CN=other.example.test' (serial {other.serial_number:x}) instead of" in message
+    assert "a wrong certificate, not a slow reload" in message
+
+
+def test_an_earlier_certificate_for_the_same_names_is_old_processes_finishing(
+        tmp_path, serving, old, new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    monkeypatch.setattr(installer, "VERIFY_SECONDS", 60.0)
+    monkeypatch.setattr(installer, "RELOAD_GRACE_SECONDS", 60.0)
+    older = leaf_certificate(write_lineage(tmp_path / "older"))  # two renewals ago, say
+    given = scripted_probe(monkeypatch, [leaf_certificate(old), older, leaf_certificate(new)])
+    plugin.restart()
+    assert [len(answers) for answers in given.values()] == [3] * len(given)
+
+
+def test_a_listener_without_handshakes_until_the_deadline_is_called_slow(tmp_path, serving, old,
+                                                                          new, monkeypatch):
+    plugin = make_installer(tmp_path, serving, old)
+    deploy(plugin, new)
+    scripted_probe(monkeypatch, [tls_probe.ProbeError("TimeoutError: timed out")])
+    with pytest.raises(errors.PluginError) as failure:
+        plugin.restart()
+    message = str(failure.value)
+    assert "gives no TLS handshake (TimeoutError: timed out) instead of" in message
+    assert "No listener served a wrong certificate: these are slow" in message
 
 
 def test_failed_config_test_makes_the_installer_misconfigured(tmp_path, serving, old):
