@@ -54,11 +54,14 @@ def standalone_issue(lab, root: Path, name: str, command=CERTBOT) -> x509.Certif
     return x509.load_pem_x509_certificate(pem)
 
 
-def test_plugins_lists_email_reply_with_its_description(lab, tmp_path):
+def test_plugins_lists_every_plugin_of_ours_with_no_refusal(lab, tmp_path):
     result = run_certbot(lab, tmp_path, "plugins")
     assert result.returncode == 0, result.stderr
-    assert "* email-reply" in result.stdout
+    listed = re.findall(r"^\* (\S+)$", result.stdout, re.MULTILINE)
+    assert {"email-reply", "email-dns", "email-capability", "postfix", "dovecot",
+            "mailserver"} <= set(listed), result.stdout
     assert "Obtain S/MIME certificates for email addresses" in result.stdout.replace("\n", " ")
+    assert "not working" not in result.stdout + result.stderr
 
 
 def test_standalone_issuance_of_a_dns_name_is_unaffected(lab, tmp_path):
