@@ -16,7 +16,7 @@ set -euo pipefail
 # Debian's certbot and what the plugins depend on (debian/control names the same for the .deb).
 DEBIAN_CERTBOT=(python3-certbot python3-acme python3-josepy python3-dnspython python3-dkim
                 python3-imapclient python3-cryptography)
-DEB_BUILD=(debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev
+DEB_BUILD=(build-essential debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev
            python3-pytest)
 # The tests the .deb stage runs: our plugins listed by certbot, an S/MIME certificate by
 # email-reply and a TLS one by email-dns deployed by -i mailserver, each renewed.
@@ -96,7 +96,7 @@ EOF
     python3 -m venv "$venv"
     retry "$venv/bin/pip" install -q '.[test]'
   fi
-  tally_of "$release" env CI=true "$venv/bin/python" -m pytest -ra -p no:cacheprovider \
+  tally_of "$release:suite" env CI=true "$venv/bin/python" -m pytest -ra -p no:cacheprovider \
     "${@:-tests}"
 }
 
@@ -112,11 +112,11 @@ stage_deb() {  # stage_deb <release>: build, install and use python3-certbot-ema
     { tail -40 /root/deb/build.log; return 1; }
   deb=$(echo /root/deb/python3-certbot-email_*_all.deb)
   retry apt-get install -y -q "$deb" >/dev/null
-  dpkg -L python3-certbot-email | grep -E '/usr/bin/|entry_points' || true
+  dpkg-query -W -f='${Package} ${Version}: Depends: ${Depends}\n' python3-certbot-email
   # Only the tests, none of the checkout's code: everything comes from the installed package,
   # and sys.executable (/usr/bin/python3) puts the tests' certbot at /usr/bin/certbot.
   rm -rf /root/debtests && mkdir /root/debtests && cp -a /root/src/tests /root/debtests/
-  (cd /root/debtests && tally_of "$release-deb" env CI=true /usr/bin/python3 -m pytest -ra \
+  (cd /root/debtests && tally_of "$release:deb" env CI=true /usr/bin/python3 -m pytest -ra \
      -p no:cacheprovider "${DEB_TESTS[@]}")
 }
 

@@ -54,8 +54,11 @@ def standalone_issue(lab, root: Path, name: str, command=CERTBOT) -> x509.Certif
     return x509.load_pem_x509_certificate(pem)
 
 
-def test_plugins_lists_every_plugin_of_ours_with_no_refusal(lab, tmp_path):
-    result = run_certbot(lab, tmp_path, "plugins")
+def test_plugins_lists_every_plugin_of_ours_with_no_refusal(tmp_path):
+    result = subprocess.run(
+        [*CERTBOT, "plugins", "--config-dir", str(tmp_path / "config"),
+         "--work-dir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr
     listed = re.findall(r"^\* (\S+)$", result.stdout, re.MULTILINE)
     assert {"email-reply", "email-dns", "email-capability", "postfix", "dovecot",
