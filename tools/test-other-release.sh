@@ -61,7 +61,8 @@ inside() {
   cd /root/src
   for stage in $STAGES; do
     started=$SECONDS
-    "stage_$stage" "$release" "$@" || status=1
+    # A process of its own, where set -e holds (it does not in a function called with ||).
+    bash /src/tools/test-other-release.sh --stage "$stage" "$release" "$@" || status=1
     echo "chroot: stage $stage took $((SECONDS - started)) s"
   done
   return "$status"
@@ -125,6 +126,11 @@ if [ "${1:-}" = --inside ]; then
   inside "$@"
   exit
 fi
+if [ "${1:-}" = --stage ]; then
+  cd /root/src
+  "stage_$2" "${@:3}"
+  exit
+fi
 
 # -- on the host ----------------------------------------------------------------------------------
 
@@ -159,6 +165,7 @@ chroot_pids() {  # the processes whose root directory is the chroot
 cleanup() {
   local pids tries
   trap - EXIT INT TERM
+  [ -z "${namespace:-}" ] || kill -TERM "$namespace" 2>/dev/null || true
   pids=$(chroot_pids)
   if [ -n "$pids" ]; then
     echo "chroot: stopping what is left running: $(echo $pids)" >&2
@@ -191,6 +198,8 @@ echo "chroot: $other built in $((SECONDS - started)) s"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"
 cp /etc/hosts "$root/etc/hosts"
+# pip in the chroot trusts the certificate authorities the host trusts (a local proxy's too).
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/host-ca-certificates.crt"
 mkdir -p "$root/src"
 
 status=0
@@ -203,8 +212,12 @@ unshare --mount --fork /bin/bash -euc '
   mount --bind "$checkout" "$root/src"
   mount -o remount,bind,ro "$root/src"
   exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    LANG=C.UTF-8 STAGES="$STAGES" /bin/bash /src/tools/test-other-release.sh --inside "$@"
-' chroot "$root" "$checkout" "$@" || status=$?
+    LANG=C.UTF-8 STAGES="$STAGES" PIP_CERT=/etc/ssl/host-ca-certificates.crt \
+    /bin/bash /src/tools/test-other-release.sh --inside "$@"
+' chroot "$root" "$checkout" "$@" &
+# In the background, so that a TERM or INT is acted on at once (cleanup), not after the chroot.
+namespace=$!
+wait "$namespace" || status=$?
 
 if [ -n "${CERTBOT_EMAIL_TEST_TALLY:-}" ] && [ -f "$root/root/tally" ]; then
   cat "$root/root/tally" >> "$CERTBOT_EMAIL_TEST_TALLY"
