@@ -40,7 +40,9 @@ retry() {  # retry <command...>: three tries, for downloads from Debian and PyPI
 tally_of() {  # tally_of <label> <pytest...>: run pytest with its tally line labelled <label>
   local label=$1 status=0
   shift
-  TOX_ENV_NAME=$label CERTBOT_EMAIL_TEST_TALLY=/root/tally "$@" || status=$?
+  # A bound on one run, so that a hung test cannot hold CI (a whole run takes ~10 min).
+  TOX_ENV_NAME=$label CERTBOT_EMAIL_TEST_TALLY=/root/tally \
+    timeout --kill-after=60 1800 "$@" || status=$?
   return "$status"
 }
 
