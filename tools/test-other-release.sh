@@ -43,6 +43,7 @@ tally_of() {  # tally_of <label> <pytest...>: run pytest with its tally line lab
   # A bound on one run, so that a hung test cannot hold CI (a whole run takes ~10 min).
   TOX_ENV_NAME=$label CERTBOT_EMAIL_TEST_TALLY=/root/tally \
     timeout --kill-after=60 1800 "$@" || status=$?
+  [ "$status" -ne 124 ] || echo "chroot: $label stopped after 30 min" >&2
   return "$status"
 }
 
@@ -106,7 +107,7 @@ EOF
 }
 
 stage_deb() {  # stage_deb <release>: build, install and use python3-certbot-email
-  local release=$1 deb
+  local release=$1 deb started=$SECONDS
   if [ "$release" != trixie ]; then
     echo "chroot: no .deb stage on $release (its certbot is older than the plugins support)"
     return 0
@@ -116,7 +117,10 @@ stage_deb() {  # stage_deb <release>: build, install and use python3-certbot-ema
   (cd /root/deb/certbot-email && dpkg-buildpackage -us -uc -b) > /root/deb/build.log 2>&1 ||
     { tail -40 /root/deb/build.log; return 1; }
   deb=$(echo /root/deb/python3-certbot-email_*_all.deb)
+  echo "chroot: $(basename "$deb") built in $((SECONDS - started)) s"
+  started=$SECONDS
   retry apt-get install -y -q "$deb" >/dev/null
+  echo "chroot: installed with apt in $((SECONDS - started)) s"
   dpkg-query -W -f='${Package} ${Version}: Depends: ${Depends}\n' python3-certbot-email
   # Only the tests, none of the checkout's code: everything comes from the installed package,
   # and sys.executable (/usr/bin/python3) puts the tests' certbot at /usr/bin/certbot.
@@ -188,6 +192,7 @@ cleanup() {
     return 1
   fi
   rm -rf --one-file-system "$root"
+  echo "chroot: removed, no mounts or processes of it left"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
