@@ -156,6 +156,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 if ! command -v mmdebstrap >/dev/null; then
+  retry apt-get update -q
   DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q --no-install-recommends mmdebstrap
 fi
 
