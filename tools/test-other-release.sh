@@ -155,9 +155,12 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "$0: run as root (mmdebstrap, mount, chroot)" >&2
   exit 1
 fi
-if ! command -v mmdebstrap >/dev/null; then
+tools=()
+command -v mmdebstrap >/dev/null || tools+=(mmdebstrap)
+command -v findmnt >/dev/null || tools+=(mount)  # not essential on Debian 13
+if [ "${#tools[@]}" -gt 0 ]; then
   retry apt-get update -q
-  DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q --no-install-recommends mmdebstrap
+  DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q --no-install-recommends "${tools[@]}"
 fi
 
 root=$(mktemp -d /var/tmp/certbot-email-"$other".XXXXXX)
