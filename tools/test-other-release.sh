@@ -157,7 +157,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 tools=()
 command -v mmdebstrap >/dev/null || tools+=(mmdebstrap)
-command -v findmnt >/dev/null || tools+=(mount)  # not essential on Debian 13
+command -v mount >/dev/null || tools+=(mount)  # not essential on Debian 13
 if [ "${#tools[@]}" -gt 0 ]; then
   retry apt-get update -q
   DEBIAN_FRONTEND=noninteractive retry apt-get install -y -q --no-install-recommends "${tools[@]}"
