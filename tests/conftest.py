@@ -1,4 +1,6 @@
 """Suite-wide: no skipping in CI, and a tally per run for the test command's closing line."""
+from __future__ import annotations
+
 import os
 
 import pytest

@@ -70,11 +70,21 @@ def standalone_issue(lab, root: Path, name: str, command=CERTBOT) -> x509.Certif
     return x509.load_pem_x509_certificate(pem)
 
 
-def test_plugins_lists_email_reply_with_its_description(lab, tmp_path):
-    result = run_certbot(lab, tmp_path, "plugins")
+def test_plugins_lists_every_plugin_of_ours_with_no_refusal(tmp_path):
+    # --prepare: email-dns needs no option to prepare, so only a certbot whose internals our
+    # hooks do not fit makes it refuse (the others want options or the system's servers).
+    result = subprocess.run(
+        [*CERTBOT, "plugins", "--prepare", "--config-dir", str(tmp_path / "config"),
+         "--work-dir", str(tmp_path / "work"), "--logs-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr
-    assert "* email-reply" in result.stdout
-    assert "Obtain S/MIME certificates for email addresses" in result.stdout.replace("\n", " ")
+    listed = dict(re.findall(r"^\* (\S+)\n(.*?)(?=^\* |\Z)", result.stdout,
+                             re.MULTILINE | re.DOTALL))
+    assert {"email-reply", "email-dns", "email-capability", "postfix", "dovecot",
+            "mailserver"} <= listed.keys(), result.stdout
+    assert "Obtain S/MIME certificates for email addresses" in \
+        listed["email-reply"].replace("\n", " ")
+    assert "Prep: True" in listed["email-dns"], listed["email-dns"]
 
 
 def test_standalone_issuance_of_a_dns_name_is_unaffected(lab, tmp_path):

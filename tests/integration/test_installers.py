@@ -16,6 +16,7 @@ from cryptography import x509
 
 from certbot_email_smtpext.listeners import TlsListener, TlsStart
 from certbot_email_smtpext.tls_probe import ProbeError, served_certificate
+from tests.integration.test_email_dns import write_credentials
 from tests.lab import Lab
 from tests.lab.process import wait_gone
 
@@ -157,8 +158,19 @@ def test_run_deploys_to_every_listener_of_one_daemon(mail_lab, fresh_config, tmp
     assert set(served(mail_lab, untouched).values()) == {lab_certificate(mail_lab)}
 
 
-def test_mailserver_deploys_and_renewal_reaches_every_listener(mail_lab, fresh_config, tmp_path):
-    result = certbot(mail_lab, tmp_path, "run", *standalone(mail_lab),
+def email_dns(lab: Lab, root: Path) -> list[str]:
+    """The authenticator options: email-dns (dns-01) through the lab's BIND with its TSIG key."""
+    credentials = write_credentials(root / "email-dns.ini", lab.dns)
+    return ["-a", "email-dns", "--email-dns-credentials", str(credentials),
+            "--email-dns-nameserver-port", str(lab.dns.port), "-d", NAME, "--cert-name", NAME]
+
+
+@pytest.mark.parametrize("authenticator", ["standalone", "email-dns"])
+def test_mailserver_deploys_and_renewal_reaches_every_listener(mail_lab, fresh_config, tmp_path,
+                                                              authenticator):
+    authenticate = standalone(mail_lab) if authenticator == "standalone" \
+        else email_dns(mail_lab, tmp_path)
+    result = certbot(mail_lab, tmp_path, "run", *authenticate,
                      *installer_options(mail_lab, "mailserver"))
     assert result.returncode == 0, result.stderr
     first = leaf(live(tmp_path, "cert.pem"))
@@ -170,6 +182,8 @@ def test_mailserver_deploys_and_renewal_reaches_every_listener(mail_lab, fresh_c
     assert dovecot_conf == fresh_config[mail_lab.dovecot.dir / "dovecot.conf"][0] + \
         f"!include_try {mail_lab.dovecot.dir / 'certbot-email.conf'}\n".encode()
 
+    renewal = (tmp_path / "config" / "renewal" / f"{NAME}.conf").read_text()
+    assert f"authenticator = {authenticator}" in renewal and "installer = mailserver" in renewal
     renewed = certbot(mail_lab, tmp_path, "renew", "--force-renewal", "--no-random-sleep-on-renew")
     assert renewed.returncode == 0, renewed.stderr
     second = leaf(live(tmp_path, "cert.pem"))
