@@ -339,9 +339,8 @@ class MailInstaller(common.Installer):
         expected = _probes(listeners)
         before = _served_now(expected)
         started = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(len(self.daemons)) as pool:
-            for reloaded in [pool.submit(daemon.reload) for daemon in self.daemons]:
-                reloaded.result()  # both reload at once; the first failure is raised
+        for daemon in self.daemons:  # one after the other: Postfix smtpd processes that start
+            daemon.reload()         # while Dovecot reloads find its SASL socket away, and fail
         _wait_until_served(expected, before, started)
         logger.info("%d TLS listeners serve the configured certificate %.2f s after the reload",
                     len(listeners), time.monotonic() - started)
