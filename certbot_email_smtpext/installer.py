@@ -36,8 +36,10 @@ from certbot_email_smtpext.postfix import DEFAULT_CONFIG_DIR, Postfix
 
 logger = logging.getLogger(__name__)
 
-#: How long a listener that gives no TLS handshake after the reload is waited for (busy host).
-VERIFY_SECONDS = 60.0
+#: How long a listener that gives no TLS handshake after the reload is waited for: a busy host,
+#: or Postfix throttling a service for 60 s (service_throttle_time) after an smtpd failed to
+#: start, e.g. because it met Dovecot's SASL socket away during Dovecot's reload.
+VERIFY_SECONDS = 90.0
 #: How long a listener may still serve its certificate from before the reload (old processes
 #: finishing); after that the reload did not reach it. Any other certificate fails at once.
 RELOAD_GRACE_SECONDS = 15.0
