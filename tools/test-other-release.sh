@@ -53,7 +53,7 @@ inside() {
   export DEBIAN_FRONTEND=noninteractive
   started=$SECONDS
   retry apt-get update -q
-  extra=(python3 python3-venv git)
+  extra=(python3 python3-venv)
   if [ "$release" = trixie ]; then extra+=("${DEBIAN_CERTBOT[@]}" "${DEB_STAGE[@]}"); fi
   retry apt-get install -y -q --no-install-recommends "${extra[@]}" >/dev/null
   retry bash /src/tools/install-system-deps.sh >/dev/null

@@ -11,6 +11,14 @@ cd "$(dirname "$0")/.."
 
 host=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
 releases=${CERTBOT_EMAIL_TEST_RELEASES:-host chroot}
+for release in $releases; do
+  case "$release" in
+    host | chroot) ;;
+    *) echo "$0: CERTBOT_EMAIL_TEST_RELEASES takes host and/or chroot, not '$release'" >&2
+       exit 2 ;;
+  esac
+done
+[ -n "${releases// }" ] || { echo "$0: CERTBOT_EMAIL_TEST_RELEASES names nothing to run" >&2; exit 2; }
 export CERTBOT_EMAIL_TEST_TALLY="$PWD/.tox/test-tally"
 mkdir -p .tox && : > "$CERTBOT_EMAIL_TEST_TALLY"
 status=0
