@@ -222,13 +222,12 @@ def test_an_authenticator_given_the_wrong_kind_of_name_says_which_one_fits(
 
 def test_a_name_whose_live_directory_outlived_certbot_delete_is_refused_before_the_order(
         lab: Lab, tmp_path: Path, test_ca: RunningTestCA) -> None:
-    # The bundle is made by a hook in renewal-hooks/deploy/, which certbot delete knows nothing of.
-    hooks = tmp_path / "config" / "renewal-hooks" / "deploy"
-    hooks.mkdir(parents=True)
-    (hooks / "p12").write_text(f"#!/bin/sh\nexec {VENV_BIN / 'certbot-email-pkcs12'}\n")
-    (hooks / "p12").chmod(0o755)
     assert issue_for_alice(lab, tmp_path, test_ca).returncode == 0
     live = tmp_path / "config" / "live" / ALICE
+    # The bundle is made by a hook of the admin's own, which certbot delete knows nothing of
+    # (as from renewal-hooks/deploy/; certbot < 5.3 runs those only on renewal).
+    subprocess.run([VENV_BIN / "certbot-email-pkcs12"], check=True, timeout=CERTBOT_TIMEOUT,
+                   env={**os.environ, "RENEWED_LINEAGE": str(live)})
     assert (live / "bundle.p12").is_file()
     assert certbot(tmp_path, "delete", "--cert-name", ALICE).returncode == 0
     assert sorted(path.name for path in live.iterdir()) == ["bundle.p12"]
