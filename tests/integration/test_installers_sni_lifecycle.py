@@ -52,19 +52,26 @@ def doveconf_x(lab: Lab) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False)
 
 
-def test_admin_local_name_is_refused_then_taken_over(mail_lab, fresh_config, tmp_path):
-    conf = mail_lab.dovecot.dir / "dovecot.conf"
+def add_admin_block(lab: Lab, opening: str) -> tuple[Path, str, int]:
+    """Append the admin's `opening {` block serving the lab's own certificate to dovecot.conf,
+    in the syntax of the lab's Dovecot; the file, its text before, and the block's line."""
+    conf = lab.dovecot.dir / "dovecot.conf"
     text = conf.read_text()
-    line = text.count("\n") + 1
-    conf.write_text(text + f"local_name {NAME} {{\n  ssl_cert = <{mail_lab.ca.dir / 'mail.crt'}\n"
-                    f"  ssl_key = <{mail_lab.ca.dir / 'mail.key'}\n}}\n")
+    settings = lab.dovecot.cert_settings(lab.ca.dir / "mail.crt", lab.ca.dir / "mail.key")
+    conf.write_text(f"{text}{opening} {{\n{settings}}}\n")
+    return conf, text, text.count("\n") + 1
+
+
+def test_admin_local_name_is_refused_then_taken_over(mail_lab, fresh_config, tmp_path):
+    conf, text, line = add_admin_block(mail_lab, f"local_name {NAME}")
     installers.reload_lab(mail_lab)
     before = contents(mail_lab)
 
     refused = run_mailserver(mail_lab, tmp_path)
     assert refused.returncode != 0
     assert f"{conf} line {line} (`local_name {NAME} {{`) gives clients that ask for {NAME} " \
-           "(SNI) a certificate of its own: set ssl_cert = <" in refused.stderr
+           f"(SNI) a certificate of its own: set {mail_lab.dovecot.cert_setting} = " \
+           in refused.stderr
     assert "--mailserver-take-over-sni" in refused.stderr
     assert contents(mail_lab) == before
     assert served_to(mail_lab, NAME) == {installers.lab_certificate(mail_lab)}
@@ -82,17 +89,14 @@ def test_admin_local_name_is_refused_then_taken_over(mail_lab, fresh_config, tmp
 def test_a_local_block_before_our_drop_in_is_refused_with_doveconfs_warning(mail_lab,
                                                                              fresh_config,
                                                                              tmp_path):
-    conf = mail_lab.dovecot.dir / "dovecot.conf"
-    text = conf.read_text()
-    line = text.count("\n") + 1
-    conf.write_text(text + f"local 127.0.0.1 {{\n  ssl_cert = <{mail_lab.ca.dir / 'mail.crt'}\n"
-                    f"  ssl_key = <{mail_lab.ca.dir / 'mail.key'}\n}}\n")
+    conf, _text, line = add_admin_block(mail_lab, "local 127.0.0.1")
     installers.reload_lab(mail_lab)
     before = contents(mail_lab)
 
     refused = run_mailserver(mail_lab, tmp_path)
     assert refused.returncode != 0
-    assert f"doveconf: the global ssl_cert of {mail_lab.dovecot.dir / 'certbot-email.conf'} " \
+    dropin = mail_lab.dovecot.dir / "certbot-email.conf"
+    assert f"doveconf: the global {mail_lab.dovecot.cert_setting} of {dropin} " \
            f"does not reach {conf} line {line} (`local 127.0.0.1 {{`), which sets its own" \
            in refused.stderr
     assert contents(mail_lab) == before
@@ -148,12 +152,7 @@ def no_sni_entry_is_left(lab: Lab) -> bool:
 
 def test_entries_that_take_over_cannot_win_are_refused_even_with_it(mail_lab, fresh_config,
                                                                     tmp_path):
-    conf = mail_lab.dovecot.dir / "dovecot.conf"
-    text = conf.read_text()
-    line = text.count("\n") + 1
-    conf.write_text(text + f'local_name "other.example.test {NAME}" {{\n'
-                    f"  ssl_cert = <{mail_lab.ca.dir / 'mail.crt'}\n"
-                    f"  ssl_key = <{mail_lab.ca.dir / 'mail.key'}\n}}\n")
+    conf, _text, line = add_admin_block(mail_lab, f'local_name "other.example.test {NAME}"')
     table = tmp_path / "admin-sni"
     table.write_text(f".example.test {mail_lab.ca.dir / 'mail.key'}, "
                      f"{mail_lab.ca.dir / 'mail.crt'}\n")

@@ -54,6 +54,11 @@ class Dovecot(Daemon):
         """Whether this Dovecot reads 2.4 syntax (ssl_server_cert_file, passdb name {...})."""
         return self.version >= SYNTAX_2_4
 
+    @property
+    def cert_setting(self) -> str:
+        """The setting that names the certificate served (2.3 and 2.4 differ)."""
+        return "ssl_server_cert_file" if self.syntax_2_4 else "ssl_cert"
+
     def cert_settings(self, cert_file: Path, key_file: Path) -> str:
         """The lines an admin writes to serve cert_file/key_file (in any block or at the top)."""
         if self.syntax_2_4:
