@@ -226,6 +226,9 @@ export STAGES
 unshare --mount --fork /bin/bash -euc '
   root=$1 checkout=$2
   shift 2
+  # The root a mount of its own, so that unshare -m inside (a test of systemd-like private
+  # mounts) can change its propagation.
+  mount --bind "$root" "$root"
   for dir in /proc /sys /dev /dev/pts; do mount --bind "$dir" "$root$dir"; done
   mount --bind "$checkout" "$root/src"
   mount -o remount,bind,ro "$root/src"
