@@ -62,6 +62,16 @@ def add_admin_block(lab: Lab, opening: str) -> tuple[Path, str, int]:
     return conf, text, text.count("\n") + 1
 
 
+def add_admin_sni_table(lab: Lab, table: Path, text: str, name: str) -> None:
+    """Make table (text, then an entry for name serving the lab's own certificate) the admin's
+    tls_server_sni_maps."""
+    table.write_text(f"{text}{name} {lab.ca.dir / 'mail.key'}, {lab.ca.dir / 'mail.crt'}\n")
+    etc = str(lab.postfix.etc)
+    subprocess.run(["postmap", "-c", etc, "-F", f"hash:{table}"], check=True)
+    subprocess.run(["postconf", "-c", etc, "-e", f"tls_server_sni_maps = hash:{table}"],
+                   check=True)
+
+
 def test_admin_local_name_is_refused_then_taken_over(mail_lab, fresh_config, tmp_path):
     conf, text, line = add_admin_block(mail_lab, f"local_name {NAME}")
     installers.reload_lab(mail_lab)
@@ -112,12 +122,7 @@ def test_a_local_block_before_our_drop_in_is_refused_with_doveconfs_warning(mail
 
 def test_admin_sni_table_is_refused_then_taken_over(mail_lab, fresh_config, tmp_path):
     table = tmp_path / "admin-sni"
-    table.write_text(f"# the admin's own\n{NAME} {mail_lab.ca.dir / 'mail.key'}, "
-                     f"{mail_lab.ca.dir / 'mail.crt'}\n")
-    etc = str(mail_lab.postfix.etc)
-    subprocess.run(["postmap", "-c", etc, "-F", f"hash:{table}"], check=True)
-    subprocess.run(["postconf", "-c", etc, "-e", f"tls_server_sni_maps = hash:{table}"],
-                   check=True)
+    add_admin_sni_table(mail_lab, table, "# the admin's own\n", NAME)
     installers.reload_lab(mail_lab)
     before = contents(mail_lab)
 
@@ -163,12 +168,7 @@ def test_entries_that_take_over_cannot_win_are_refused_even_with_it(mail_lab, fr
     names = "*.example.test" if mail_lab.dovecot.syntax_2_4 else f"other.example.test {NAME}"
     conf, _text, line = add_admin_block(mail_lab, f'local_name "{names}"')
     table = tmp_path / "admin-sni"
-    table.write_text(f".example.test {mail_lab.ca.dir / 'mail.key'}, "
-                     f"{mail_lab.ca.dir / 'mail.crt'}\n")
-    etc = str(mail_lab.postfix.etc)
-    subprocess.run(["postmap", "-c", etc, "-F", f"hash:{table}"], check=True)
-    subprocess.run(["postconf", "-c", etc, "-e", f"tls_server_sni_maps = hash:{table}"],
-                   check=True)
+    add_admin_sni_table(mail_lab, table, "", ".example.test")
     installers.reload_lab(mail_lab)
     issued = installers.certbot(mail_lab, tmp_path, "certonly", *installers.standalone(mail_lab))
     assert issued.returncode == 0, issued.stderr
