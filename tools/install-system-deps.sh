@@ -8,6 +8,8 @@
 #   bind9 (named, tsig-keygen)        DNS with TSIG-signed RFC 2136 updates
 #   bind9-dnsutils (nsupdate, dig)    DNS clients the tests and hook examples use
 #   opendkim, opendkim-tools          DKIM signing milter, and opendkim-testkey
+#   mount                             mount(8), for the tests of systemd-like private /tmp
+#                                     (essential on Debian 12, not on a minimal Debian 13)
 # openssl and curl are deliberately absent: they are already installed, and naming them makes apt
 # upgrade them (and libssl3) as a side effect.
 set -euo pipefail
@@ -18,6 +20,7 @@ PACKAGES=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   bind9 bind9-dnsutils
   opendkim opendkim-tools
+  mount
 )
 
 if [ "$(id -u)" -ne 0 ]; then
