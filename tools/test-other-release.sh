@@ -73,7 +73,9 @@ inside() {
 }
 
 stage_suite() {  # stage_suite <release> [pytest args]: the whole suite in one venv
-  local release=$1 venv=/root/venv
+  # Not under /root (0700): email-capability's Postfix backend runs the venv's Python as the
+  # spawn user (nobody).
+  local release=$1 venv=/opt/certbot-email-venv
   shift
   if [ "$release" = trixie ]; then
     # Debian's certbot 4.0: the venv sees dist-packages; certbot-email goes in without its
