@@ -116,9 +116,13 @@ def pretest(argv: Sequence[str], spawn_user: str, implicit_tls: bool,
     account = pwd.getpwnam(spawn_user)
     try:
         if namespace:  # nsenter switches the user itself, after entering the namespace
+            # ... and the master's root directory (/proc/PID/root), which entering a mount
+            # namespace alone resets to the namespace's own (wrong when certbot is chrooted)
+            root = os.path.join(os.path.dirname(os.path.dirname(namespace)), "root")
             process = subprocess.Popen(
-                ["nsenter", f"--mount={namespace}", f"--setgid={account.pw_gid}",
-                 f"--setuid={account.pw_uid}", "--wd=/", "--", *argv],
+                ["nsenter", f"--mount={namespace}", f"--root={root}",
+                 f"--setgid={account.pw_gid}", f"--setuid={account.pw_uid}", "--wd=/", "--",
+                 *argv],
                 stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE, cwd="/")
         else:
             process = subprocess.Popen(list(argv), stdin=theirs.fileno(), stdout=theirs.fileno(),
