@@ -72,6 +72,18 @@ def add_admin_sni_table(lab: Lab, table: Path, text: str, name: str) -> None:
                    check=True)
 
 
+def assert_taken_over(lab: Lab, root: Path) -> None:
+    """certbot install with --mailserver-take-over-sni succeeds, and the new certificate is
+    served with SNI for the name and without SNI."""
+    taken_over = installers.certbot(lab, root, "install", "--cert-name", NAME,
+                                    *installers.installer_options(lab, "mailserver"),
+                                    "--mailserver-take-over-sni")
+    assert taken_over.returncode == 0, taken_over.stderr
+    new = live_leaf(root, NAME)
+    assert served_to(lab, NAME) == {new}
+    assert served_to(lab, None) == {new}
+
+
 def test_admin_local_name_is_refused_then_taken_over(mail_lab, fresh_config, tmp_path):
     conf, text, line = add_admin_block(mail_lab, f"local_name {NAME}")
     installers.reload_lab(mail_lab)
@@ -86,13 +98,7 @@ def test_admin_local_name_is_refused_then_taken_over(mail_lab, fresh_config, tmp
     assert contents(mail_lab) == before
     assert served_to(mail_lab, NAME) == {installers.lab_certificate(mail_lab)}
 
-    taken_over = installers.certbot(mail_lab, tmp_path, "install", "--cert-name", NAME,
-                                    *installers.installer_options(mail_lab, "mailserver"),
-                                    "--mailserver-take-over-sni")
-    assert taken_over.returncode == 0, taken_over.stderr
-    new = live_leaf(tmp_path, NAME)
-    assert served_to(mail_lab, NAME) == {new}
-    assert served_to(mail_lab, None) == {new}
+    assert_taken_over(mail_lab, tmp_path)
     assert conf.read_text().startswith(text + f"local_name {NAME} {{\n")  # the admin's stays
 
 
@@ -134,13 +140,7 @@ def test_admin_sni_table_is_refused_then_taken_over(mail_lab, fresh_config, tmp_
     assert contents(mail_lab) == before
     assert served_to(mail_lab, NAME, ("postfix",)) == {installers.lab_certificate(mail_lab)}
 
-    taken_over = installers.certbot(mail_lab, tmp_path, "install", "--cert-name", NAME,
-                                    *installers.installer_options(mail_lab, "mailserver"),
-                                    "--mailserver-take-over-sni")
-    assert taken_over.returncode == 0, taken_over.stderr
-    new = live_leaf(tmp_path, NAME)
-    assert served_to(mail_lab, NAME) == {new}
-    assert served_to(mail_lab, None) == {new}
+    assert_taken_over(mail_lab, tmp_path)
     main_cf = (mail_lab.postfix.etc / "main.cf").read_text()
     assert f"tls_server_sni_maps = hash:{mail_lab.postfix.etc / 'certbot-email-sni'}, " \
            f"hash:{table}\n" in main_cf
