@@ -22,7 +22,9 @@ SNIPPET_NAME = "certbot-email-capability.conf"
 #: lib-auth retries a failed connection to auth after 5 s. A login process started while a reload
 #: had the auth socket away holds its client that long, and a second reload meanwhile makes it
 #: send "* BYE Shutting down" instead of a greeting; so each of our reloads waits this long after
-#: the last reload of the instance (the validation's two, and another run's).
+#: the last reload of the instance (the validation's two, and another run's). A login process
+#: that had not yet reached auth at all is stopped by any reload ("waited 0 secs" in the log);
+#: that BYE is Dovecot's own, and spacing cannot prevent it.
 RELOAD_SPACING_SECONDS = 6.0
 _HEADER = "# Written by certbot-email (email-capability) for one validation; removed after it.\n"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
