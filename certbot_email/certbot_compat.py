@@ -10,14 +10,14 @@ H0  ``enforce_domain_sanity`` keeps a mailbox's local part as typed (certbot low
     certificates (renewal, ``certbot certificates``, duplicate detection); H5 ``NewOrder``
     sends them as ``email`` identifiers. Two courtesy hooks mend mistakes: H5b turns a CA's
     refusal of ``email`` identifiers into a hint, and H6 makes ``certbot delete`` remove our
-    PKCS#12 bundle (it holds the private key) and the mail installers' SNI entries (which would
-    fail ``doveconf -x``) with the lineage, and H7 runs our startup tasks (the repair of a killed
-    email-capability run) in every certbot command, once its directories are locked. Every hook
-    passes names without ``@`` through untouched. Where certbot calls a hook for every lineage
-    (H0, H4, H5b), a failure of our part leaves certbot's own answer in place (H4 logs it
-    once), so one odd certificate cannot cost any plugin its lineage. certbot 2.9 to 5.x
-    differ in these internals; each hook looks for what this certbot has, never at its version
-    number.
+    PKCS#12 bundle (it holds the private key) and the mail installers' entries of its files
+    (which would fail ``doveconf -x``) with the lineage, and H7 runs our startup tasks (the
+    repair of a killed email-capability run) in every certbot command, once its directories
+    are locked. Every hook passes names without ``@`` through untouched. Where certbot calls a
+    hook for every lineage (H0, H4, H5b), a failure of our part leaves certbot's own answer in
+    place (H4 logs it once), so one odd certificate cannot cost any plugin its lineage.
+    certbot 2.9 to 5.x differ in these internals; each hook looks for what this certbot has,
+    never at its version number.
     Installing never raises: certbot imports us on every run, nginx renewals included. A hook
     that cannot be installed is recorded, and our plugins refuse in ``prepare()``
     (``require_support``); a courtesy hook that cannot be installed is only logged.
@@ -335,7 +335,7 @@ def unknown_email_identifier_hint(mailboxes: Sequence[str], refusal: str) -> str
             f"for a trial).")
 
 
-# ---- H6: ``certbot delete`` also removes our PKCS#12 bundle and mail server SNI entries --
+# ---- H6: ``certbot delete`` also removes our PKCS#12 bundle and mail servers' entries of it
 
 def _install_delete_files() -> None:
     from certbot._internal import storage
@@ -359,13 +359,13 @@ def _install_delete_files() -> None:
             from certbot_email_smtpext import installer
             prune = installer.prune_for_delete(storage.renewal_file_for_certname(config, certname))
         except Exception as error:  # pylint: disable=broad-except
-            logger.debug("certbot-email found no mail server SNI entries to remove: %s", error)
+            logger.debug("certbot-email found no mail server entries to remove: %s", error)
         original(config, certname)
         try:
             for line in prune() if prune else ():
-                logger.info("%s: removed that SNI entry with its lineage", line)
+                logger.info("%s: removed that entry with its lineage", line)
         except Exception as error:  # pylint: disable=broad-except
-            logger.warning("certbot-email could not remove the lineage's SNI entries (%s); the "
+            logger.warning("certbot-email could not remove the lineage's entries (%s); the "
                            "next run of its installer does", error)
     storage.delete_files = _mark(delete_files)
 

@@ -59,21 +59,33 @@ def _pem_kinds(path: str) -> tuple[bool, bool]:
     return _KEY_PEM.search(data) is not None, _CERT_PEM in data
 
 
-def missing_files(entries: Mapping[str, Sequence[KeyAndChain]]) -> list[tuple[str, str]]:
-    """(name, a missing file) for each SNI entry whose pair names a file that is gone, as
-    after `certbot delete` of its lineage."""
-    return [(name, path) for name, pairs in sorted(entries.items()) for pair in pairs
+def gone_files(where: str, entries: Mapping[str, Sequence[KeyAndChain]]) -> list[str]:
+    """A line per file that an entry (keyed by what names its pairs) names and that is gone,
+    as after `certbot delete` of its lineage."""
+    return [f"{where}: {label} names {path}, which no longer exists"
+            for label, pairs in sorted(entries.items()) for pair in pairs
             for path in dict.fromkeys((pair.key_file, pair.chain_file))
             if not os.path.exists(path)]
+
+
+def _present(pairs: Sequence[KeyAndChain]) -> tuple[KeyAndChain, ...]:
+    return tuple(pair for pair in pairs
+                 if os.path.exists(pair.key_file) and os.path.exists(pair.chain_file))
 
 
 def without_missing(entries: Mapping[str, Sequence[KeyAndChain]],
                     ) -> dict[str, tuple[KeyAndChain, ...]]:
     """The SNI entries with the pairs whose files are gone left out, and empty ones dropped."""
-    kept = {name: tuple(pair for pair in pairs
-                        if os.path.exists(pair.key_file) and os.path.exists(pair.chain_file))
-            for name, pairs in entries.items()}
+    kept = {name: _present(pairs) for name, pairs in entries.items()}
     return {name: pairs for name, pairs in kept.items() if pairs}
+
+
+def default_without_gone(pairs: Sequence[KeyAndChain]) -> tuple[KeyAndChain, ...] | None:
+    """The default pairs left once a lineage served beside another (alt-cert-name) is deleted;
+    None when nothing is to drop, or when no pair would be left: a daemon's only default
+    certificate is never removed (it would serve none), the admin deploys another first."""
+    kept = _present(pairs)
+    return kept if kept and len(kept) < len(pairs) else None
 
 
 def read_text(path: str) -> str | None:

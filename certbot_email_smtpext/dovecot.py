@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from certbot import errors
 
 from certbot_email_smtpext import commands
-from certbot_email_smtpext.checks import KeyAndChain, missing_files, read_text, without_missing
+from certbot_email_smtpext.checks import (
+    KeyAndChain,
+    default_without_gone,
+    gone_files,
+    read_text,
+    without_missing,
+)
 from certbot_email_smtpext.listeners import SniEntry, TlsListener, TlsStart, connect_address
 
 DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
@@ -356,20 +362,24 @@ class Dovecot:
         return entries
 
     def prune(self, apply: bool) -> list[str]:
-        """Our drop-in's local_name entries that name files that are gone (a lineage removed by
-        certbot delete), which would fail doveconf -x; dropped when apply."""
+        """Our drop-in's pairs that name files that are gone (a lineage removed by certbot
+        delete), which would fail doveconf -x: local_name entries, and a default pair served
+        beside another; dropped when apply."""
         current = read_text(self.dropin)
         if current is None:
             return []
         names = self.setting_names()
         dropin = parse_dropin(current, names)
-        stale = missing_files(dropin.local_names)
+        default = default_without_gone(dropin.default)
+        stale = gone_files(self.dropin, {
+            **{f"local_name {name}": pairs for name, pairs in dropin.local_names.items()},
+            **({"the default certificate": dropin.default} if default else {})})
         if stale and apply:
             dropin.local_names = without_missing(dropin.local_names)
+            dropin.default = default or dropin.default
             with open(self.dropin, "w", encoding="utf-8") as dropin_file:
                 dropin_file.write(render_dropin(names, dropin))
-        return [f"{self.dropin}: local_name {name} names {missing}, which no longer exists"
-                for name, missing in stale]
+        return stale
 
     def version(self) -> tuple[int, ...]:
         """The installed Dovecot's version, which decides the setting names and syntax."""

@@ -10,6 +10,7 @@ certificate rather than failing every handshake.
 import abc
 import concurrent.futures
 import datetime
+import glob
 import logging
 import os
 import time
@@ -93,7 +94,8 @@ class MailDaemon(Protocol):
         """name -> the SNI entry (ours or the admin's) clients asking for it get."""
 
     def prune(self, apply: bool) -> list[str]:
-        """Our SNI entries whose files are gone; removed when apply. A line per entry."""
+        """Our entries (SNI, or a default pair beside another) whose files are gone; removed
+        when apply. A line per missing file."""
 
 
 class MailInstaller(common.Installer):
@@ -249,7 +251,7 @@ class MailInstaller(common.Installer):
                                  + "; ".join(reasons))
 
     def _prune(self) -> None:
-        """Drop our SNI entries whose files are gone (certbot delete removes a lineage without
+        """Drop our entries whose files are gone (certbot delete removes a lineage without
         telling any installer) before a config test or postmap fails on them."""
         for daemon in self.daemons:
             stale = daemon.prune(apply=not self._reload_only())
@@ -257,9 +259,10 @@ class MailInstaller(common.Installer):
                 raise errors.MisconfigurationError(
                     "; ".join(stale) + f". --{self.name}-reload-only touches no file: remove "
                     "that entry yourself (the local_name block; the table's line, then `postmap "
-                    "-F hash:<table>`), or run this command once without the option")
+                    "-F hash:<table>`; the deleted lineage's key and chain from the default "
+                    "settings), or run this command once without the option")
             for line in stale:
-                logger.warning("%s: removed that SNI entry, since its lineage is gone", line)
+                logger.warning("%s: removed that entry, since its lineage is gone", line)
 
     def _alternates(self, lineage: KeyAndChain) -> tuple[KeyAndChain, ...]:
         """The --<name>-alt-cert-name lineage's pair, served beside lineage's; () without one."""
@@ -668,18 +671,58 @@ INSTALLERS: dict[str, type[MailInstaller]] = {
 
 def prune_for_delete(renewal_file: str) -> Callable[[], list[str]] | None:
     """For `certbot delete` (hook H6), read before the lineage goes: what removes, once it is
-    gone, the SNI entries of ours that name its files, so no config test fails on them. None
-    when its renewal configuration names none of our installers, or one in reload-only mode."""
+    gone, the entries of ours that name its files, so no config test fails on them. The
+    daemons are those of the installer its renewal configuration names, and of every lineage
+    that serves it beside its own (``<installer>_alt_cert_name``), whose renewal configuration
+    then stops naming it, so its next renewal deploys without it. None when there are none, or
+    only installers in reload-only mode."""
+    renewal_dir, conf_name = os.path.split(renewal_file)
+    cert_name = conf_name.removesuffix(".conf")
+    siblings = [path for path in sorted(glob.glob(os.path.join(renewal_dir, "*.conf")))
+                if path != renewal_file]
+    daemons: dict[tuple[str, str], MailDaemon] = {}
+    serving_beside: list[tuple[str, str]] = []  # (renewal file, its alt-cert-name key)
+    for path in [renewal_file, *siblings]:
+        name, conf = _renewal_installer(path)
+        if name is None:
+            continue
+        if path != renewal_file:
+            if conf("alt-cert-name") != cert_name:
+                continue
+            serving_beside.append((path, f"{name}_alt_cert_name"))
+        for daemon in INSTALLERS[name].make_daemons(conf):
+            daemons.setdefault((daemon.name, daemon.config_file), daemon)
+    if not daemons:
+        return None
+
+    def prune() -> list[str]:
+        for daemon in daemons.values():
+            util.lock_dir_until_exit(daemon.config_dir)
+        lines = [line for daemon in daemons.values() for line in daemon.prune(apply=True)]
+        for path, key in serving_beside:
+            _forget_renewal_option(path, key)
+            lines.append(f"{path}: {key} = {cert_name}, a lineage that no longer exists")
+        return lines
+    return prune
+
+
+def _renewal_installer(renewal_file: str) -> tuple[str | None, Callable[[str], Any]]:
+    """The mail installer a renewal configuration names, with its options (option -> value);
+    None for another installer, none, or one in reload-only mode (which edits no file)."""
     import configobj  # certbot's own parser for renewal configurations
     params = configobj.ConfigObj(renewal_file, encoding="utf-8").get("renewalparams", {})
     name = str(params.get("installer", ""))
-    if name not in INSTALLERS or str(params.get(f"{name}_reload_only")) == "True":
-        return None
-    daemons = INSTALLERS[name].make_daemons(
-        lambda option: params.get(f"{name}_{option.replace('-', '_')}"))
 
-    def prune() -> list[str]:
-        for daemon in daemons:
-            util.lock_dir_until_exit(daemon.config_dir)
-        return [line for daemon in daemons for line in daemon.prune(apply=True)]
-    return prune
+    def conf(option: str) -> Any:
+        return params.get(f"{name}_{option.replace('-', '_')}")
+    if name not in INSTALLERS or str(conf("reload-only")) == "True":
+        return None, conf
+    return name, conf
+
+
+def _forget_renewal_option(renewal_file: str, key: str) -> None:
+    """Drop one renewal parameter, keeping the rest of the file as certbot wrote it."""
+    import configobj
+    renewal = configobj.ConfigObj(renewal_file, encoding="utf-8")
+    del renewal["renewalparams"][key]
+    renewal.write()

@@ -15,7 +15,8 @@ from certbot import errors
 from certbot_email_smtpext import commands
 from certbot_email_smtpext.checks import (
     KeyAndChain,
-    missing_files,
+    default_without_gone,
+    gone_files,
     pair_chain_files,
     read_text,
     without_missing,
@@ -380,15 +381,25 @@ class Postfix:
         return path
 
     def prune(self, apply: bool) -> list[str]:
-        """Our SNI table's entries that name files that are gone (a lineage removed by certbot
-        delete), on which postmap -F would fail; dropped (and the .db rebuilt) when apply."""
+        """Our SNI table's entries and main.cf's default pairs that name files that are gone (a
+        lineage removed by certbot delete), on which postmap -F and smtpd's file check would
+        fail; dropped when apply (the table's .db rebuilt, a default pair served beside another
+        taken out of smtpd_tls_chain_files)."""
         entries = parse_sni_map(read_text(self.sni_map) or "")
-        stale = missing_files(entries)
-        if stale and apply:
+        stale_entries = gone_files(self.sni_map, entries)
+        try:
+            default_pairs = _credentials(self.main_parameters())
+        except errors.PluginError:  # postconf cannot read the config: the config test says why
+            default_pairs = ()
+        default = default_without_gone(default_pairs)
+        stale_default = gone_files(self.main_cf, {"smtpd_tls_chain_files": default_pairs}) \
+            if default else []
+        if apply and stale_entries:
             _write_private(self.sni_map, render_sni_map(without_missing(entries)))
             self.rebuild_sni_map()
-        return [f"{self.sni_map}: {name} names {missing}, which no longer exists"
-                for name, missing in stale]
+        if apply and default:
+            self.postconf("-e", f"smtpd_tls_chain_files = {chain_files_value(default)}")
+        return stale_entries + stale_default
 
     def rebuild_sni_map(self) -> None:
         """postmap -F into a new .db, renamed over the old: smtpd never opens a half-built one."""

@@ -104,8 +104,8 @@ EOF
     retry "$venv/bin/pip" install -q '.[test]'
   fi
   # Every test runs even where a module does not import here: the count says what fails.
-  tally_of "$release:suite" env CI=true "$venv/bin/python" -m pytest -ra -p no:cacheprovider \
-    --continue-on-collection-errors "${@:-tests}"
+  tally_of "$release:suite" env CI=true "$venv/bin/python" -m pytest -ra --durations=15 \
+    -p no:cacheprovider --continue-on-collection-errors "${@:-tests}"
 }
 
 stage_deb() {  # stage_deb <release>: build, install and use python3-certbot-email

@@ -216,6 +216,38 @@ def test_delete_of_an_sni_lineage_then_another_deploy_and_renewal(mail_lab, fres
     assert served_to(mail_lab, NAME) == served_to(mail_lab, None) == {second}
 
 
+def test_delete_of_a_lineage_served_beside_another_keeps_the_other_served_and_renewed(
+        mail_lab, fresh_config, tmp_path):
+    """The README's RSA + ECDSA recipe, then `certbot delete` of the RSA lineage, whose own
+    renewal configuration names no installer: the ECDSA lineage's daemons drop its pair."""
+    rsa = installers.certbot(mail_lab, tmp_path, "certonly", *installers.standalone(mail_lab)[:-2],
+                             "--cert-name", "mail-rsa", "--key-type", "rsa")
+    assert rsa.returncode == 0, rsa.stderr
+    both = run_mailserver(mail_lab, tmp_path, "--key-type", "ecdsa",
+                          "--mailserver-alt-cert-name", "mail-rsa")
+    assert both.returncode == 0, both.stderr
+    first = live_leaf(tmp_path, NAME)
+
+    deleted = installers.certbot(mail_lab, tmp_path, "delete", "--cert-name", "mail-rsa")
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (tmp_path / "config" / "live" / "mail-rsa").exists()
+    assert doveconf_x(mail_lab).returncode == 0, doveconf_x(mail_lab).stderr
+    chain_files = subprocess.run(
+        ["postconf", "-c", str(mail_lab.postfix.etc), "-xh", "smtpd_tls_chain_files"],
+        capture_output=True, text=True, check=True).stdout
+    live = tmp_path / "config" / "live" / NAME
+    assert chain_files.split() == [f"{live / 'privkey.pem'},", str(live / "fullchain.pem")]
+    renewal = (tmp_path / "config" / "renewal" / f"{NAME}.conf").read_text()
+    assert "installer = mailserver" in renewal and "alt_cert_name" not in renewal
+
+    renewed = installers.certbot(mail_lab, tmp_path, "renew", "--force-renewal",
+                                 "--no-random-sleep-on-renew")
+    assert renewed.returncode == 0, renewed.stderr
+    assert doveconf_x(mail_lab).returncode == 0, doveconf_x(mail_lab).stderr
+    assert live_leaf(tmp_path, NAME).serial_number != first.serial_number
+    assert served_to(mail_lab, None) == {live_leaf(tmp_path, NAME)}
+
+
 def test_sni_entries_of_vanished_files_are_pruned_by_the_next_run(mail_lab, fresh_config,
                                                                   tmp_path):
     issue_sni_lineage(mail_lab, tmp_path)
@@ -228,7 +260,7 @@ def test_sni_entries_of_vanished_files_are_pruned_by_the_next_run(mail_lab, fres
     deployed = run_mailserver(mail_lab, tmp_path)
     assert deployed.returncode == 0, deployed.stderr
     assert f"local_name {SNI_NAME} names " in deployed.stderr
-    assert "removed that SNI entry, since its lineage is gone" in deployed.stderr
+    assert "removed that entry, since its lineage is gone" in deployed.stderr
     assert doveconf_x(mail_lab).returncode == 0, doveconf_x(mail_lab).stderr
     assert no_sni_entry_is_left(mail_lab)
     assert served_to(mail_lab, SNI_NAME) == {live_leaf(tmp_path, NAME)}

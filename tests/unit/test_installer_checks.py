@@ -13,7 +13,9 @@ from certbot_email_smtpext.checks import (
     KeyAndChain,
     check_pair,
     covers,
+    default_without_gone,
     dns_names,
+    gone_files,
     key_algorithm,
     leaf_certificate,
     pair_chain_files,
@@ -216,3 +218,23 @@ def test_server_certificate_needs_a_dns_name_and_server_auth(tmp_path):
     assert server_certificate_problem(client) == (
         f"the extended key usage of 'CN=mail.example.test' (serial {client.serial_number:x}) "
         "(clientAuth) lacks serverAuth, so TLS clients refuse it")
+
+
+def pair_in(directory: Path) -> KeyAndChain:
+    """Empty key and chain files: enough for what checks whether a lineage is still there."""
+    directory.mkdir(parents=True)
+    pair = KeyAndChain(str(directory / "privkey.pem"), str(directory / "fullchain.pem"))
+    for path in (pair.key_file, pair.chain_file):
+        Path(path).touch()
+    return pair
+
+
+def test_a_default_pair_goes_only_while_another_stays(tmp_path):
+    ecdsa, rsa_pair = pair_in(tmp_path / "ecdsa"), pair_in(tmp_path / "rsa")
+    assert default_without_gone([ecdsa, rsa_pair]) is None  # nothing gone
+    Path(rsa_pair.key_file).unlink()
+    assert default_without_gone([ecdsa, rsa_pair]) == (ecdsa,)
+    assert default_without_gone([rsa_pair, ecdsa]) == (ecdsa,)  # the alternate becomes the first
+    assert default_without_gone([rsa_pair]) is None  # the only one stays: deploy another first
+    assert gone_files("/etc/x.conf", {"the default certificate": [ecdsa, rsa_pair]}) == [
+        f"/etc/x.conf: the default certificate names {rsa_pair.key_file}, which no longer exists"]

@@ -1,10 +1,13 @@
 """Dovecot: doveconf output parsing, version-specific settings, the drop-in, TLS listeners."""
+from pathlib import Path
+
 import pytest
 from certbot import errors
 
 from certbot_email_smtpext import dovecot
 from certbot_email_smtpext.checks import KeyAndChain
 from certbot_email_smtpext.listeners import TlsStart
+from tests.unit.test_installer_checks import pair_in
 
 # trimmed `doveconf -c dovecot.conf` of Dovecot 2.3.19 (the shape matters: nested blocks)
 DOVECONF = """\
@@ -324,3 +327,36 @@ def test_a_block_doveconf_shows_but_the_scan_cannot_locate_is_the_admins(tmp_pat
     assert entry["mail.example.test"].where == (
         "a `local_name mail.example.test {` block that `doveconf -n` shows (in a file not found "
         "from dovecot.conf's includes)")
+
+
+def test_prune_drops_a_deleted_lineage_served_beside_another_and_its_sni_entries(
+        tmp_path, monkeypatch):
+    daemon = dovecot.Dovecot(str(tmp_path / "dovecot.conf"))
+    monkeypatch.setattr(daemon, "setting_names", lambda: V23)
+    ecdsa, rsa, sni = (pair_in(tmp_path / "live" / name) for name in ("ecdsa", "rsa", "sni"))
+    written = dovecot.Dropin((ecdsa, rsa), {"imap.example.test": (sni,), "pop.example.test": (
+        ecdsa,)})
+    (tmp_path / dovecot.DROPIN_NAME).write_text(dovecot.render_dropin(V23, written))
+    assert daemon.prune(apply=True) == []
+    for gone in (rsa, sni):
+        Path(gone.key_file).unlink()
+        Path(gone.chain_file).unlink()
+
+    assert daemon.prune(apply=False) == [
+        f"{daemon.dropin}: local_name imap.example.test names {path}, which no longer exists"
+        for path in (sni.key_file, sni.chain_file)] + [
+        f"{daemon.dropin}: the default certificate names {path}, which no longer exists"
+        for path in (rsa.key_file, rsa.chain_file)]
+    assert dovecot.parse_dropin((tmp_path / dovecot.DROPIN_NAME).read_text(), V23) == written
+    assert len(daemon.prune(apply=True)) == 4
+    assert dovecot.parse_dropin((tmp_path / dovecot.DROPIN_NAME).read_text(), V23) == \
+        dovecot.Dropin((ecdsa,), {"pop.example.test": (ecdsa,)})
+
+
+def test_prune_keeps_the_only_default_lineage_even_when_deleted(tmp_path, monkeypatch):
+    daemon = dovecot.Dovecot(str(tmp_path / "dovecot.conf"))
+    monkeypatch.setattr(daemon, "setting_names", lambda: V24)
+    text = dovecot.render_dropin(V24, dovecot.Dropin((ECDSA,), enable_ssl=True))
+    (tmp_path / dovecot.DROPIN_NAME).write_text(text)
+    assert daemon.prune(apply=True) == []  # a daemon without any certificate would serve none
+    assert (tmp_path / dovecot.DROPIN_NAME).read_text() == text

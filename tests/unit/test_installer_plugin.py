@@ -521,7 +521,7 @@ def test_entries_of_deleted_lineages_are_pruned_before_the_config_test(tmp_path,
     with caplog.at_level(logging.WARNING):
         plugin.prepare()
     assert plugin.daemon.stale == []
-    assert "gone.example.test names /x, which no longer exists: removed that SNI entry" \
+    assert "gone.example.test names /x, which no longer exists: removed that entry" \
         in caplog.text
 
 
@@ -561,3 +561,29 @@ def test_delete_prunes_the_daemons_its_renewal_conf_names(tmp_path):
         {"postfix-config-dir": "/srv/postfix"}.get)
     assert [daemon.config_file for daemon in daemons] == ["/srv/postfix/main.cf",
                                                           "/etc/dovecot/dovecot.conf"]
+
+
+def test_delete_of_a_lineage_served_beside_another_prunes_that_ones_daemons(tmp_path,
+                                                                           monkeypatch):
+    pruned: list[str] = []
+    for daemon_type in (installer.Postfix, installer.Dovecot):
+        monkeypatch.setattr(daemon_type, "prune", lambda self, apply: pruned.append(
+            self.config_file) or [])
+    monkeypatch.setattr(installer.util, "lock_dir_until_exit", lambda directory: None)
+    rsa = tmp_path / "mail-rsa.conf"
+    rsa.write_text("[renewalparams]\nauthenticator = standalone\n")  # got with certonly
+    beside = tmp_path / "mail.conf"
+    beside.write_text("# renew_before_expiry = 30 days\nversion = 5.8.0\n[renewalparams]\n"
+                      "installer = dovecot\ndovecot_config = /srv/dovecot.conf\n"
+                      "dovecot_alt_cert_name = mail-rsa\n")
+    (tmp_path / "other.conf").write_text("[renewalparams]\ninstaller = postfix\n"
+                                         "postfix_alt_cert_name = mail-rsa-2\n")
+    prune = installer.prune_for_delete(str(rsa))
+    assert prune is not None
+    assert prune() == [f"{beside}: dovecot_alt_cert_name = mail-rsa, a lineage that no longer "
+                       "exists"]
+    assert pruned == ["/srv/dovecot.conf"]  # not other.conf's Postfix: it serves mail-rsa-2
+    assert beside.read_text() == ("# renew_before_expiry = 30 days\nversion = 5.8.0\n"
+                                  "[renewalparams]\ninstaller = dovecot\n"
+                                  "dovecot_config = /srv/dovecot.conf\n")
+    assert installer.prune_for_delete(str(rsa)) is None  # no lineage names it any more

@@ -1,10 +1,13 @@
 """Postfix: postconf output parsing, the settings we write, and the TLS listeners we verify."""
+from pathlib import Path
+
 import pytest
 from certbot import errors
 
 from certbot_email_smtpext import postfix
 from certbot_email_smtpext.checks import KeyAndChain
 from certbot_email_smtpext.listeners import TlsStart
+from tests.unit.test_installer_checks import pair_in
 
 # `postconf -M` and `postconf -x -P` of a Debian-like master.cf with submission and smtps enabled
 MASTER = """\
@@ -207,3 +210,45 @@ def test_table_lists_keep_inline_tables_whole():
 def test_sni_lookup_keys_are_the_name_then_its_parents_with_a_dot():
     assert postfix.lookup_keys("Mail.Example.Test.") == ["mail.example.test", ".example.test",
                                                          ".test"]
+
+
+def test_prune_drops_a_deleted_lineage_served_beside_another_and_its_sni_entries(
+        tmp_path, monkeypatch):
+    daemon = postfix.Postfix(str(tmp_path))
+    ecdsa, rsa, sni = (pair_in(tmp_path / "live" / name) for name in ("ecdsa", "rsa", "sni"))
+    (tmp_path / postfix.SNI_MAP_NAME).write_text(postfix.render_sni_map(
+        {"imap.example.test": (sni,), "pop.example.test": (ecdsa, rsa)}))
+    main = {"smtpd_tls_chain_files": postfix.chain_files_value([ecdsa, rsa])}
+    edits: list[tuple[str, ...]] = []
+    monkeypatch.setattr(daemon, "main_parameters", lambda: main)
+    monkeypatch.setattr(daemon, "postconf", lambda *arguments: edits.append(arguments))
+    monkeypatch.setattr(daemon, "rebuild_sni_map", lambda: edits.append(("postmap",)))
+    assert daemon.prune(apply=True) == [] and edits == []
+    Path(rsa.chain_file).unlink()
+
+    stale = [f"{daemon.sni_map}: pop.example.test names {rsa.chain_file}, which no longer exists",
+             f"{daemon.main_cf}: smtpd_tls_chain_files names {rsa.chain_file}, which no longer "
+             "exists"]
+    assert daemon.prune(apply=False) == stale and edits == []
+    assert daemon.prune(apply=True) == stale
+    assert edits == [("postmap",), ("-e", f"smtpd_tls_chain_files = {ecdsa.key_file}, "
+                                          f"{ecdsa.chain_file}")]
+    assert postfix.parse_sni_map((tmp_path / postfix.SNI_MAP_NAME).read_text()) == {
+        "imap.example.test": (sni,), "pop.example.test": (ecdsa,)}
+
+
+def test_prune_keeps_the_only_default_lineage_even_when_deleted(tmp_path, monkeypatch):
+    daemon = postfix.Postfix(str(tmp_path))
+    monkeypatch.setattr(daemon, "main_parameters", lambda: {
+        "smtpd_tls_chain_files": "/gone/privkey.pem, /gone/fullchain.pem"})
+    monkeypatch.setattr(daemon, "postconf", lambda *arguments: pytest.fail("main.cf edited"))
+    assert daemon.prune(apply=True) == []
+
+
+def test_prune_leaves_a_config_postconf_cannot_read_to_the_config_test(tmp_path, monkeypatch):
+    daemon = postfix.Postfix(str(tmp_path))
+
+    def unreadable() -> dict[str, str]:
+        raise errors.PluginError("postconf: fatal: master.cf: line 45: bad field count")
+    monkeypatch.setattr(daemon, "main_parameters", unreadable)
+    assert daemon.prune(apply=True) == []
