@@ -708,9 +708,14 @@ def prune_for_delete(renewal_file: str) -> Callable[[], list[str]] | None:
 
 def _renewal_installer(renewal_file: str) -> tuple[str | None, Callable[[str], Any]]:
     """The mail installer a renewal configuration names, with its options (option -> value);
-    None for another installer, none, or one in reload-only mode (which edits no file)."""
+    None for another installer, none, one in reload-only mode (which edits no file), or a file
+    that cannot be read (another lineage's damaged renewal conf must not stop this delete)."""
     import configobj  # certbot's own parser for renewal configurations
-    params = configobj.ConfigObj(renewal_file, encoding="utf-8").get("renewalparams", {})
+    try:
+        params = configobj.ConfigObj(renewal_file, encoding="utf-8").get("renewalparams", {})
+    except (configobj.ConfigObjError, OSError, UnicodeDecodeError) as error:
+        logger.debug("certbot-email skips %s: %s", renewal_file, error)
+        return None, lambda option: None
     name = str(params.get("installer", ""))
 
     def conf(option: str) -> Any:

@@ -578,6 +578,7 @@ def test_delete_of_a_lineage_served_beside_another_prunes_that_ones_daemons(tmp_
                       "dovecot_alt_cert_name = mail-rsa\n")
     (tmp_path / "other.conf").write_text("[renewalparams]\ninstaller = postfix\n"
                                          "postfix_alt_cert_name = mail-rsa-2\n")
+    (tmp_path / "damaged.conf").write_bytes(b"[renewalparams\n\xff = \x00\n")
     prune = installer.prune_for_delete(str(rsa))
     assert prune is not None
     assert prune() == [f"{beside}: dovecot_alt_cert_name = mail-rsa, a lineage that no longer "
